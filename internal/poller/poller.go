@@ -1,0 +1,238 @@
+// Package poller tells when idle sockets become readable, so that a
+// WebSocket session waiting for data holds neither a goroutine nor a buffer.
+//
+// A Poller owns one epoll instance in edge-triggered mode and one goroutine
+// blocked in epoll_wait. Sockets stay owned by the Go runtime (their net.Conn
+// keeps working as usual, including blocking writes through the runtime's
+// poller); this package only watches their file descriptors. On readiness it
+// calls the registered Handler's Ready method on the poller's goroutine:
+// Ready must not block, it schedules work elsewhere.
+//
+// Add, Remove and Close are safe for concurrent use. Ready may be called
+// after Remove returned for events already taken from the kernel, never for
+// a registration whose slot has been reused (each registration carries a
+// generation).
+package poller
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Handler receives readiness notifications.
+type Handler interface {
+	// Ready is called on the poller goroutine when the descriptor may have
+	// become readable, or has hung up or failed. It must not block.
+	Ready()
+}
+
+// ErrClosed is returned by Add after Close.
+var ErrClosed = errors.New("poller: closed")
+
+// Registration identifies one watched descriptor.
+type Registration struct {
+	p     *Poller
+	fd    int
+	token uint64
+}
+
+type slot struct {
+	h   Handler
+	gen uint32
+}
+
+// Poller watches descriptors with one epoll instance.
+type Poller struct {
+	epfd   int
+	wakefd int
+
+	mu     sync.RWMutex
+	slots  []slot
+	free   []uint32
+	closed atomic.Bool
+	done   chan struct{}
+}
+
+// New creates a poller and starts its goroutine.
+func New() (*Poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("poller: epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("poller: eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN}
+	putToken(&ev, wakeToken)
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(wakefd)
+		return nil, fmt.Errorf("poller: epoll_ctl wake: %w", err)
+	}
+	p := &Poller{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	go p.waitLoop()
+	return p, nil
+}
+
+const wakeToken = ^uint64(0)
+
+// Add starts watching fd for readability and hang-ups, edge-triggered: h is
+// told when new data arrives, so its reader must read until the socket has
+// nothing more (a short read counts) before it can count on another call.
+func (p *Poller) Add(fd int, h Handler) (Registration, error) {
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		return Registration{}, ErrClosed
+	}
+	var idx uint32
+	if n := len(p.free); n > 0 {
+		idx = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		idx = uint32(len(p.slots))
+		p.slots = append(p.slots, slot{})
+	}
+	s := &p.slots[idx]
+	s.gen++
+	s.h = h
+	token := uint64(s.gen)<<32 | uint64(idx)
+	p.mu.Unlock()
+
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
+	putToken(&ev, token)
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		p.release(token)
+		return Registration{}, fmt.Errorf("poller: epoll_ctl add: %w", err)
+	}
+	return Registration{p: p, fd: fd, token: token}, nil
+}
+
+// Remove stops watching. It must be called before the descriptor is closed.
+func (r Registration) Remove() {
+	if r.p == nil {
+		return
+	}
+	// The kernel drops the registration itself when the descriptor closes;
+	// deleting first keeps a reused descriptor number from ever matching.
+	_ = unix.EpollCtl(r.p.epfd, unix.EPOLL_CTL_DEL, r.fd, nil)
+	r.p.release(r.token)
+}
+
+func (p *Poller) release(token uint64) {
+	idx, gen := uint32(token), uint32(token>>32)
+	p.mu.Lock()
+	if int(idx) < len(p.slots) && p.slots[idx].gen == gen && p.slots[idx].h != nil {
+		p.slots[idx].h = nil
+		p.free = append(p.free, idx)
+	}
+	p.mu.Unlock()
+}
+
+// Len reports how many descriptors are watched.
+func (p *Poller) Len() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return len(p.slots) - len(p.free)
+}
+
+// Close stops the poller goroutine and releases the epoll instance. Watched
+// descriptors are not closed.
+func (p *Poller) Close() error {
+	if !p.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	var one = [8]byte{1}
+	_, _ = unix.Write(p.wakefd, one[:])
+	<-p.done
+	unix.Close(p.wakefd)
+	return unix.Close(p.epfd)
+}
+
+// waitLoop is the poller goroutine: it waits for events and hands each to
+// its handler.
+func (p *Poller) waitLoop() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 256)
+	ready := make([]Handler, 0, 256)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
+			return
+		}
+		ready = ready[:0]
+		p.mu.RLock()
+		for i := 0; i < n; i++ {
+			token := getToken(&events[i])
+			if token == wakeToken {
+				continue
+			}
+			idx, gen := uint32(token), uint32(token>>32)
+			if int(idx) < len(p.slots) && p.slots[idx].gen == gen && p.slots[idx].h != nil {
+				ready = append(ready, p.slots[idx].h)
+			}
+		}
+		p.mu.RUnlock()
+		if p.closed.Load() {
+			return
+		}
+		for i, h := range ready {
+			h.Ready()
+			ready[i] = nil
+		}
+	}
+}
+
+// Group spreads registrations over several pollers.
+type Group struct {
+	pollers []*Poller
+	next    atomic.Uint32
+}
+
+// NewGroup starts n pollers; n <= 0 means one per CPU the Go scheduler uses.
+func NewGroup(n int) (*Group, error) {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	g := &Group{}
+	for i := 0; i < n; i++ {
+		p, err := New()
+		if err != nil {
+			g.Close()
+			return nil, err
+		}
+		g.pollers = append(g.pollers, p)
+	}
+	return g, nil
+}
+
+// Pick returns the next poller in turn.
+func (g *Group) Pick() *Poller {
+	return g.pollers[int(g.next.Add(1))%len(g.pollers)]
+}
+
+// Len reports how many descriptors the group watches.
+func (g *Group) Len() int {
+	n := 0
+	for _, p := range g.pollers {
+		n += p.Len()
+	}
+	return n
+}
+
+// Close closes every poller.
+func (g *Group) Close() {
+	for _, p := range g.pollers {
+		p.Close()
+	}
+}
