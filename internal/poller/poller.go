@@ -2,7 +2,7 @@
 // WebSocket session waiting for data holds neither a goroutine nor a buffer.
 //
 // A Poller owns one epoll instance in edge-triggered mode and one goroutine
-// blocked in epoll_wait. Sockets stay owned by the Go runtime (their net.Conn
+// that waits on it. Sockets stay owned by the Go runtime (their net.Conn
 // keeps working as usual, including blocking writes through the runtime's
 // poller); this package only watches their file descriptors. On readiness it
 // calls the registered Handler's Ready method on the poller's goroutine:
@@ -17,9 +17,11 @@ package poller
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,8 +50,9 @@ type slot struct {
 
 // Poller watches descriptors with one epoll instance.
 type Poller struct {
-	epfd   int
-	wakefd int
+	epfd int
+	file *os.File // epfd, registered with the Go runtime's poller
+	rc   syscall.RawConn
 
 	mu     sync.RWMutex
 	slots  []slot
@@ -59,29 +62,31 @@ type Poller struct {
 }
 
 // New creates a poller and starts its goroutine.
+//
+// The epoll descriptor is itself watched by the Go runtime's poller, so
+// the poller goroutine parks like any goroutine waiting on a socket rather
+// than blocking a thread in epoll_wait: a blocked thread would keep its
+// scheduler slot, and goroutines the poller starts could wait for the
+// runtime's monitor to take that slot back.
 func New() (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("poller: epoll_create1: %w", err)
 	}
-	wakefd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("poller: set nonblock: %w", err)
+	}
+	f := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := f.SyscallConn()
 	if err != nil {
-		unix.Close(epfd)
-		return nil, fmt.Errorf("poller: eventfd: %w", err)
+		f.Close()
+		return nil, fmt.Errorf("poller: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN}
-	putToken(&ev, wakeToken)
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &ev); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
-		return nil, fmt.Errorf("poller: epoll_ctl wake: %w", err)
-	}
-	p := &Poller{epfd: epfd, wakefd: wakefd, done: make(chan struct{})}
+	p := &Poller{epfd: epfd, file: f, rc: rc, done: make(chan struct{})}
 	go p.waitLoop()
 	return p, nil
 }
-
-const wakeToken = ^uint64(0)
 
 // Add starts watching fd for readability and hang-ups, edge-triggered: h is
 // told when new data arrives, so its reader must read until the socket has
@@ -149,43 +154,43 @@ func (p *Poller) Close() error {
 	if !p.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	var one = [8]byte{1}
-	_, _ = unix.Write(p.wakefd, one[:])
+	err := p.file.Close() // wakes the parked poller goroutine
 	<-p.done
-	unix.Close(p.wakefd)
-	return unix.Close(p.epfd)
+	return err
 }
 
-// waitLoop is the poller goroutine: it waits for events and hands each to
-// its handler.
+// waitLoop is the poller goroutine: it takes events without blocking,
+// hands each to its handler, and parks on the runtime's poller when there
+// are none.
 func (p *Poller) waitLoop() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 256)
 	ready := make([]Handler, 0, 256)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err != nil {
-			if err == unix.EINTR {
-				continue
+		var n int
+		var werr error
+		err := p.rc.Read(func(fd uintptr) bool {
+			for {
+				n, werr = unix.EpollWait(int(fd), events, 0)
+				if werr != unix.EINTR {
+					break
+				}
 			}
+			return n > 0 || werr != nil
+		})
+		if err != nil || werr != nil || p.closed.Load() {
 			return
 		}
 		ready = ready[:0]
 		p.mu.RLock()
 		for i := 0; i < n; i++ {
 			token := getToken(&events[i])
-			if token == wakeToken {
-				continue
-			}
 			idx, gen := uint32(token), uint32(token>>32)
 			if int(idx) < len(p.slots) && p.slots[idx].gen == gen && p.slots[idx].h != nil {
 				ready = append(ready, p.slots[idx].h)
 			}
 		}
 		p.mu.RUnlock()
-		if p.closed.Load() {
-			return
-		}
 		for i, h := range ready {
 			h.Ready()
 			ready[i] = nil

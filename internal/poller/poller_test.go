@@ -1,0 +1,145 @@
+package poller
+
+import (
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type chanHandler chan struct{}
+
+func (c chanHandler) Ready() {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func pair(t *testing.T) (a, b net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	a, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = <-acc
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+func fdOf(t *testing.T, c net.Conn) int {
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}
+
+func wait(t *testing.T, c chanHandler, want bool) {
+	t.Helper()
+	select {
+	case <-c:
+		if !want {
+			t.Fatal("unexpected readiness")
+		}
+	case <-time.After(map[bool]time.Duration{true: 5 * time.Second, false: 100 * time.Millisecond}[want]):
+		if want {
+			t.Fatal("no readiness")
+		}
+	}
+}
+
+func TestReadinessEdgeTriggered(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	a, b := pair(t)
+	h := make(chanHandler, 1)
+	reg, err := p.Add(fdOf(t, b), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Len() != 1 {
+		t.Fatalf("Len %d", p.Len())
+	}
+	a.Write([]byte("x"))
+	wait(t, h, true)
+	// The byte is not read: edge-triggered, no new event without new data.
+	wait(t, h, false)
+	a.Write([]byte("y"))
+	wait(t, h, true)
+	// Reading through the net.Conn still works: the runtime owns the socket.
+	buf := make([]byte, 2)
+	if n, err := b.Read(buf); err != nil || n != 2 {
+		t.Fatalf("read %d %v", n, err)
+	}
+	// Hang-up is reported too.
+	a.Close()
+	wait(t, h, true)
+	reg.Remove()
+	if p.Len() != 0 {
+		t.Fatalf("Len %d after Remove", p.Len())
+	}
+}
+
+func TestRemovedRegistrationIsSilent(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	a, b := pair(t)
+	h := make(chanHandler, 1)
+	reg, err := p.Add(fdOf(t, b), h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Remove()
+	a.Write([]byte("x"))
+	wait(t, h, false)
+	// The slot is reused with a new generation.
+	h2 := make(chanHandler, 1)
+	if _, err := p.Add(fdOf(t, b), h2); err != nil {
+		t.Fatal(err)
+	}
+	a.Write([]byte("z"))
+	wait(t, h2, true)
+	wait(t, h, false)
+}
+
+func TestCloseStopsGoroutine(t *testing.T) {
+	before := runtime.NumGoroutine()
+	g, err := NewGroup(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Pick() == g.Pick() {
+		t.Fatal("Pick does not rotate")
+	}
+	g.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := g.pollers[0].Add(0, make(chanHandler)); err != ErrClosed {
+		t.Fatalf("Add after Close: %v", err)
+	}
+}
