@@ -1,0 +1,389 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+)
+
+// The opening handshake, RFC 6455 section 4.
+
+// websocketVersion is the only version RFC 6455 defines (section 4.1).
+const websocketVersion = "13"
+
+// maxResponseHead bounds a backend's 101 answer (status line and headers).
+const maxResponseHead = 16 << 10
+
+// maxErrorBody bounds the body of a backend's non-101 answer relayed to the
+// client.
+const maxErrorBody = 1 << 20
+
+// upgradeError is a refused client handshake: an HTTP status and the
+// one-line reason sent as its body.
+type upgradeError struct {
+	status int
+	reason string
+}
+
+// isUpgradeAttempt reports whether the request asks for a WebSocket: it
+// names websocket in Upgrade or carries a Sec-WebSocket-Key. Such a request
+// is held to RFC 6455; any other request is plain HTTP.
+func isUpgradeAttempt(h *fasthttp.RequestHeader) bool {
+	for _, v := range h.PeekAll("Upgrade") {
+		if hasToken(v, "websocket") {
+			return true
+		}
+	}
+	return len(h.Peek("Sec-WebSocket-Key")) > 0
+}
+
+// checkUpgrade validates a client's opening handshake (RFC 6455 section
+// 4.2.1). It returns nil when the request is a valid upgrade.
+func checkUpgrade(h *fasthttp.RequestHeader) *upgradeError {
+	if !h.IsGet() {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: the upgrade request must use GET"}
+	}
+	if !h.IsHTTP11() {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: the upgrade request must use HTTP/1.1"}
+	}
+	if !anyHasToken(h.PeekAll("Upgrade"), "websocket") {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: the Upgrade header must name websocket"}
+	}
+	if !anyHasToken(h.PeekAll("Connection"), "upgrade") {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: the Connection header must contain the upgrade token"}
+	}
+	key := bytes.TrimSpace(h.Peek("Sec-WebSocket-Key"))
+	var decoded [18]byte
+	if len(key) != 24 {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: Sec-WebSocket-Key must be 16 bytes in base64"}
+	}
+	if n, err := base64.StdEncoding.Decode(decoded[:], key); err != nil || n != 16 {
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: Sec-WebSocket-Key must be 16 bytes in base64"}
+	}
+	if v := h.PeekAll("Sec-WebSocket-Version"); len(v) != 1 || string(bytes.TrimSpace(v[0])) != websocketVersion {
+		return &upgradeError{fasthttp.StatusUpgradeRequired, "websocket: unsupported Sec-WebSocket-Version; this proxy speaks version 13"}
+	}
+	return nil
+}
+
+// hasToken reports whether a comma-separated header value holds token,
+// compared case-insensitively (RFC 9110 section 5.6.1).
+func hasToken(v []byte, token string) bool {
+	for len(v) > 0 {
+		i := bytes.IndexByte(v, ',')
+		var part []byte
+		if i < 0 {
+			part, v = v, nil
+		} else {
+			part, v = v[:i], v[i+1:]
+		}
+		if bytes.EqualFold(bytes.TrimSpace(part), []byte(token)) {
+			return true
+		}
+	}
+	return false
+}
+
+func anyHasToken(vs [][]byte, token string) bool {
+	for _, v := range vs {
+		if hasToken(v, token) {
+			return true
+		}
+	}
+	return false
+}
+
+// hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1) a proxy
+// must not forward, plus the forwarding headers the proxy writes itself.
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// forwardingHeaders are replaced by the proxy's own.
+var forwardingHeaders = []string{"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "Host"}
+
+// skipHeader reports whether a client header must not reach the backend:
+// a hop-by-hop header, one the Connection header names, or one the proxy
+// writes itself.
+func skipHeader(name []byte, connection [][]byte) bool {
+	for _, h := range hopHeaders {
+		if bytes.EqualFold(name, []byte(h)) {
+			return true
+		}
+	}
+	for _, h := range forwardingHeaders {
+		if bytes.EqualFold(name, []byte(h)) {
+			return true
+		}
+	}
+	for _, v := range connection {
+		if hasToken(v, string(name)) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwarded describes the client for the forwarding headers.
+type forwarded struct {
+	clientIP netip.Addr
+	trusted  bool // the peer is a trusted proxy: extend its headers
+	proto    string
+	host     []byte
+}
+
+// appendForwarded appends X-Forwarded-For, X-Forwarded-Proto,
+// X-Forwarded-Host and Forwarded (RFC 7239). Headers from a trusted peer are
+// extended; from anyone else they are replaced, so clients cannot forge
+// them.
+func appendForwarded(dst []byte, h *fasthttp.RequestHeader, f *forwarded, peer netip.Addr) []byte {
+	ip := peer.Unmap().String()
+	dst = append(dst, "X-Forwarded-For: "...)
+	if f.trusted {
+		for _, v := range h.PeekAll("X-Forwarded-For") {
+			dst = append(dst, v...)
+			dst = append(dst, ", "...)
+		}
+	}
+	dst = append(dst, ip...)
+	dst = append(dst, "\r\nX-Forwarded-Proto: "...)
+	if f.trusted {
+		if v := h.Peek("X-Forwarded-Proto"); len(v) > 0 {
+			dst = append(dst, v...)
+		} else {
+			dst = append(dst, f.proto...)
+		}
+	} else {
+		dst = append(dst, f.proto...)
+	}
+	dst = append(dst, "\r\nX-Forwarded-Host: "...)
+	if v := h.Peek("X-Forwarded-Host"); f.trusted && len(v) > 0 {
+		dst = append(dst, v...)
+	} else {
+		dst = append(dst, f.host...)
+	}
+	dst = append(dst, "\r\nForwarded: "...)
+	if f.trusted {
+		for _, v := range h.PeekAll("Forwarded") {
+			dst = append(dst, v...)
+			dst = append(dst, ", "...)
+		}
+	}
+	dst = append(dst, "for="...)
+	if peer.Unmap().Is6() {
+		dst = append(dst, `"[`...)
+		dst = append(dst, ip...)
+		dst = append(dst, `]"`...)
+	} else {
+		dst = append(dst, ip...)
+	}
+	dst = append(dst, ";proto="...)
+	dst = append(dst, f.proto...)
+	if len(f.host) > 0 {
+		dst = append(dst, ";host="...)
+		dst = strconv.AppendQuote(dst, string(f.host))
+	}
+	return append(dst, "\r\n"...)
+}
+
+// appendUpgradeRequest writes the backend's opening handshake: the
+// client's request line and end-to-end headers (keys, subprotocols,
+// extensions, cookies, Origin and the rest, names and order kept), the
+// upgrade headers and the forwarding headers.
+func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer netip.Addr) []byte {
+	h := &req.Header
+	dst = append(dst, "GET "...)
+	dst = append(dst, req.RequestURI()...)
+	dst = append(dst, " HTTP/1.1\r\nHost: "...)
+	dst = append(dst, f.host...)
+	dst = append(dst, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"...)
+	connection := h.PeekAll("Connection")
+	raw := h.RawHeaders()
+	for len(raw) > 0 {
+		i := bytes.Index(raw, []byte("\r\n"))
+		var line []byte
+		if i < 0 {
+			line, raw = raw, nil
+		} else {
+			line, raw = raw[:i], raw[i+2:]
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			continue
+		}
+		if skipHeader(bytes.TrimSpace(line[:colon]), connection) {
+			continue
+		}
+		dst = append(dst, line...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = appendForwarded(dst, h, f, peer)
+	return append(dst, "\r\n"...)
+}
+
+// backendAnswer is what a backend said to the opening handshake.
+type backendAnswer struct {
+	status int
+	head   []byte // status line and headers, through the blank line
+	early  []byte // bytes the backend sent behind its 101
+	br     *bufio.Reader
+}
+
+var headPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 4096)
+	return &b
+}}
+
+var (
+	errHeadTooLarge = errors.New("proxy: backend response head too large")
+	errBadStatus    = errors.New("proxy: malformed backend status line")
+	errNotSocket    = errors.New("proxy: connection has no socket")
+)
+
+// readAnswer reads the backend's answer head. For a 101 it keeps the raw
+// head and any bytes behind it; otherwise it leaves a reader positioned at
+// the start of the answer, to be parsed whole.
+func readAnswer(conn net.Conn) (*backendAnswer, error) {
+	bp := headPool.Get().(*[]byte)
+	defer headPool.Put(bp)
+	buf := (*bp)[:0]
+	searched := 0
+	for {
+		if len(buf) == cap(buf) {
+			if cap(buf) >= maxResponseHead {
+				return nil, errHeadTooLarge
+			}
+			nb := make([]byte, len(buf), 2*cap(buf))
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := conn.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if i := bytes.Index(buf[max(searched-3, 0):], []byte("\r\n\r\n")); i >= 0 {
+			end := max(searched-3, 0) + i + 4
+			status, perr := parseStatus(buf)
+			if perr != nil {
+				return nil, perr
+			}
+			a := &backendAnswer{status: status}
+			if status == fasthttp.StatusSwitchingProtocols {
+				a.head = bytes.Clone(buf[:end])
+				if end < len(buf) {
+					a.early = bytes.Clone(buf[end:])
+				}
+			} else {
+				a.br = bufio.NewReader(io.MultiReader(bytes.NewReader(bytes.Clone(buf)), conn))
+			}
+			if cap(buf) <= 64<<10 {
+				*bp = buf[:0]
+			}
+			return a, nil
+		}
+		searched = len(buf)
+		if err != nil {
+			if err == io.EOF && len(buf) == 0 {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// parseStatus parses "HTTP/1.x NNN ..." at the start of b.
+func parseStatus(b []byte) (int, error) {
+	if len(b) < 12 || !bytes.HasPrefix(b, []byte("HTTP/1.")) || b[8] != ' ' {
+		return 0, errBadStatus
+	}
+	code, err := strconv.Atoi(string(b[9:12]))
+	if err != nil || code < 100 || code > 999 {
+		return 0, errBadStatus
+	}
+	return code, nil
+}
+
+// headerValue returns the value of the first header called name in a raw
+// response head, and whether there was one.
+func headerValue(head []byte, name string) ([]byte, bool) {
+	lines := head
+	if i := bytes.Index(lines, []byte("\r\n")); i >= 0 {
+		lines = lines[i+2:]
+	}
+	for len(lines) > 0 {
+		i := bytes.Index(lines, []byte("\r\n"))
+		if i <= 0 {
+			break
+		}
+		line := lines[:i]
+		lines = lines[i+2:]
+		colon := bytes.IndexByte(line, ':')
+		if colon > 0 && bytes.EqualFold(bytes.TrimSpace(line[:colon]), []byte(name)) {
+			return bytes.TrimSpace(line[colon+1:]), true
+		}
+	}
+	return nil, false
+}
+
+// extensionRule derives the RSV check from the negotiated extensions.
+func extensionRule(head []byte) rsvRule {
+	v, ok := headerValue(head, "Sec-WebSocket-Extensions")
+	if !ok || len(bytes.TrimSpace(v)) == 0 {
+		return rsvNone
+	}
+	rule := rsvNone
+	for _, ext := range bytes.Split(v, []byte(",")) {
+		name := ext
+		if i := bytes.IndexByte(name, ';'); i >= 0 {
+			name = name[:i]
+		}
+		if bytes.EqualFold(bytes.TrimSpace(name), []byte("permessage-deflate")) {
+			rule = max(rule, rsvDeflate)
+		} else {
+			return rsvAny
+		}
+	}
+	return rule
+}
+
+// dialError tells a backend that could not be reached from one that failed
+// after accepting the connection.
+type dialError struct{ err error }
+
+func (e *dialError) Error() string { return e.err.Error() }
+func (e *dialError) Unwrap() error { return e.err }
+
+// handshakeBackend connects to addr and sends the opening handshake. It
+// returns the connection and the backend's answer.
+func handshakeBackend(ctx context.Context, addr string, request []byte) (net.Conn, *backendAnswer, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, &dialError{err}
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	deadline, _ := ctx.Deadline()
+	_ = conn.SetDeadline(deadline)
+	if _, err := conn.Write(request); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	a, err := readAnswer(conn)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, a, nil
+}

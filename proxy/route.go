@@ -1,0 +1,154 @@
+package proxy
+
+import (
+	"bytes"
+	"net/netip"
+	"sort"
+	"strings"
+
+	"github.com/valyala/fasthttp"
+
+	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/config"
+)
+
+// table is one configuration generation in the form the hot path reads:
+// built whole off the hot path and published with an atomic pointer.
+type table struct {
+	routes    []*route // longest path first
+	pools     map[string]*pool
+	trusted   []netip.Prefix
+	accessLog bool
+}
+
+// route is one entry of the routing table.
+type route struct {
+	path    string
+	exact   bool
+	pool    *pool
+	key     balancer.KeySpec
+	origins [][]byte // lower case; empty means any origin
+	limits  Limits
+}
+
+// pool is a backend pool: the balancer and, for plain HTTP, one client per
+// backend.
+type pool struct {
+	name    string
+	lb      *balancer.Pool
+	clients map[string]*fasthttp.HostClient
+}
+
+// buildTable builds the routing table for c, reusing plain HTTP clients of
+// old for backends that stay.
+func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
+	t := &table{
+		pools:     make(map[string]*pool, len(c.Pools)),
+		trusted:   c.TrustedProxies,
+		accessLog: c.Log.AccessLog,
+	}
+	for _, name := range c.PoolNames() {
+		pc := c.Pools[name]
+		p := &pool{name: name, clients: make(map[string]*fasthttp.HostClient, len(pc.Backends))}
+		members := make([]*balancer.Backend, 0, len(pc.Backends))
+		for _, bc := range pc.Backends {
+			b := s.backends.Get(bc.Address)
+			b.Weight = bc.Weight
+			members = append(members, b)
+			var hc *fasthttp.HostClient
+			if old != nil {
+				if op := old.pools[name]; op != nil {
+					hc = op.clients[bc.Address]
+				}
+			}
+			if hc == nil {
+				hc = newHostClient(bc.Address)
+			}
+			p.clients[bc.Address] = hc
+		}
+		p.lb = balancer.NewPool(balancer.PoolConfig{Backends: members, BoundedLoad: pc.BoundedLoad})
+		t.pools[name] = p
+	}
+	for i := range c.Routes {
+		rc := &c.Routes[i]
+		r := &route{
+			path:   rc.Path,
+			exact:  rc.Exact,
+			pool:   t.pools[rc.Pool],
+			key:    keySpec(rc.HashKey),
+			limits: rc.Limits,
+		}
+		for _, o := range rc.AllowedOrigins {
+			r.origins = append(r.origins, []byte(strings.ToLower(o)))
+		}
+		t.routes = append(t.routes, r)
+	}
+	sort.SliceStable(t.routes, func(i, j int) bool {
+		if len(t.routes[i].path) != len(t.routes[j].path) {
+			return len(t.routes[i].path) > len(t.routes[j].path)
+		}
+		return t.routes[i].exact && !t.routes[j].exact
+	})
+	return t, nil
+}
+
+// keySpec converts the configured hash key.
+func keySpec(k config.HashKey) balancer.KeySpec {
+	switch k.Kind {
+	case config.HashHeader:
+		return balancer.KeySpec{Kind: balancer.KeyHeader, Name: k.Name}
+	case config.HashCookie:
+		return balancer.KeySpec{Kind: balancer.KeyCookie, Name: k.Name}
+	case config.HashQuery:
+		return balancer.KeySpec{Kind: balancer.KeyQuery, Name: k.Name}
+	case config.HashPath:
+		return balancer.KeySpec{Kind: balancer.KeyPath}
+	}
+	return balancer.KeySpec{Kind: balancer.KeyIP}
+}
+
+// match returns the route for path: an exact route equal to it, else the
+// longest prefix route that covers it at a segment boundary ("/chat"
+// covers "/chat" and "/chat/room", not "/chatroom").
+func (t *table) match(path []byte) *route {
+	for _, r := range t.routes {
+		if r.exact {
+			if string(path) == r.path {
+				return r
+			}
+			continue
+		}
+		if !bytes.HasPrefix(path, []byte(r.path)) {
+			continue
+		}
+		if len(path) == len(r.path) || strings.HasSuffix(r.path, "/") || path[len(r.path)] == '/' {
+			return r
+		}
+	}
+	return nil
+}
+
+// isTrusted reports whether peer is a trusted proxy.
+func (t *table) isTrusted(peer netip.Addr) bool {
+	for _, p := range t.trusted {
+		if p.Contains(peer) {
+			return true
+		}
+	}
+	return false
+}
+
+// originAllowed checks an Origin header against the route's list. A
+// request without Origin comes from a non-browser client, which the check
+// cannot concern, and passes.
+func (r *route) originAllowed(origin []byte) bool {
+	if len(r.origins) == 0 || len(origin) == 0 {
+		return true
+	}
+	for _, o := range r.origins {
+		if bytes.EqualFold(o, origin) || (len(o) == 1 && o[0] == '*') {
+			return true
+		}
+	}
+	return false
+}

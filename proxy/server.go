@@ -1,0 +1,212 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/config"
+	"github.com/wsproxy/wsproxy/internal/poller"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+)
+
+// Limits are a route's effective timeouts and limits.
+type Limits = config.Limits
+
+// FailureReporter hears about backends the proxy could not reach, so that
+// passive health checking can take them out. health.Manager implements it.
+type FailureReporter interface {
+	ReportFailure(addr string, err error)
+	ReportSuccess(addr string)
+}
+
+// Config configures a Server. Zero values mean the documented default.
+type Config struct {
+	// Config is the loaded configuration. Required.
+	Config *config.Config
+	// Logger receives logs; nil means no logging.
+	Logger *zap.Logger
+	// Backends holds backend runtime state across reloads; nil means a new
+	// registry.
+	Backends *balancer.Registry
+	// Health hears about unreachable backends; nil means nobody does.
+	Health FailureReporter
+	// CloseTimeout bounds the wait for a peer's Close reply; zero means 5s.
+	CloseTimeout time.Duration
+	// MaxConnectAttempts bounds the backends tried for one handshake; zero
+	// means 3.
+	MaxConnectAttempts int
+}
+
+// Server is the proxy: it serves listeners, routes requests and relays
+// WebSocket sessions. Its methods are safe for concurrent use.
+type Server struct {
+	log          *zap.Logger
+	backends     *balancer.Registry
+	health       FailureReporter
+	closeTimeout time.Duration
+	attempts     int
+
+	table    atomic.Pointer[table]
+	pollers  *poller.Group
+	http     *fasthttp.Server
+	sessions registry
+	stats    Stats
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	stopping  atomic.Bool
+}
+
+// New builds a Server for cfg.Config. It starts the pollers; Shutdown
+// stops them.
+func New(cfg Config) (*Server, error) {
+	if cfg.Config == nil {
+		return nil, errors.New("proxy: no configuration")
+	}
+	s := &Server{
+		log:          cfg.Logger,
+		backends:     cfg.Backends,
+		health:       cfg.Health,
+		closeTimeout: cfg.CloseTimeout,
+		attempts:     cfg.MaxConnectAttempts,
+		listeners:    make(map[net.Listener]struct{}),
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.backends == nil {
+		s.backends = balancer.NewRegistry()
+	}
+	if s.closeTimeout <= 0 {
+		s.closeTimeout = defaultCloseTimeout
+	}
+	if s.attempts <= 0 {
+		s.attempts = 3
+	}
+	s.sessions.init()
+	t, err := s.buildTable(cfg.Config, nil)
+	if err != nil {
+		return nil, err
+	}
+	s.table.Store(t)
+	g, err := poller.NewGroup(0)
+	if err != nil {
+		return nil, err
+	}
+	s.pollers = g
+	d := cfg.Config.Defaults
+	s.http = &fasthttp.Server{
+		Handler:                       s.serveHTTP,
+		Name:                          "wsproxy",
+		ReadTimeout:                   d.HandshakeTimeout,
+		WriteTimeout:                  0,
+		IdleTimeout:                   d.IdleTimeout,
+		KeepHijackedConns:             true,
+		DisablePreParseMultipartForm:  true,
+		NoDefaultServerHeader:         true,
+		NoDefaultDate:                 false,
+		DisableHeaderNamesNormalizing: false,
+		StreamRequestBody:             true,
+		CloseOnShutdown:               true,
+		Logger:                        zapPrintf{s.log},
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until Shutdown. TLS listeners are passed
+// in already wrapped.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.stopping.Load() {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	err := s.http.Serve(ln)
+	if s.stopping.Load() {
+		return ErrServerClosed
+	}
+	return err
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Update swaps in a new configuration. Sessions in flight keep the limits
+// they started with; new sessions see the new routes at once.
+func (s *Server) Update(c *config.Config) error {
+	t, err := s.buildTable(c, s.table.Load())
+	if err != nil {
+		return err
+	}
+	s.table.Store(t)
+	return nil
+}
+
+// Sessions reports the number of live WebSocket sessions.
+func (s *Server) Sessions() int { return s.sessions.len() }
+
+// Stats returns the server's counters.
+func (s *Server) Stats() *Stats { return &s.stats }
+
+// Shutdown stops accepting, lets plain HTTP requests finish, closes every
+// WebSocket session with 1001 and waits for them until ctx is done; then
+// it closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopping.Store(true)
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.http.ShutdownWithContext(ctx) }()
+	s.sessions.each(func(ss *session) {
+		ss.closeWith(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
+	})
+	err := s.sessions.wait(ctx)
+	if err != nil {
+		s.sessions.each(func(ss *session) { ss.finish() })
+	}
+	if herr := <-httpDone; err == nil {
+		err = herr
+	}
+	s.pollers.Close()
+	return err
+}
+
+// serveHTTP routes one request.
+func (s *Server) serveHTTP(ctx *fasthttp.RequestCtx) {
+	t := s.table.Load()
+	rt := t.match(ctx.Path())
+	if rt == nil {
+		s.stats.HTTPNoRoute.Add(1)
+		ctx.Error("no route for this path", fasthttp.StatusNotFound)
+		return
+	}
+	if isUpgradeAttempt(&ctx.Request.Header) {
+		s.serveWebSocket(ctx, rt)
+		return
+	}
+	s.serveProxyHTTP(ctx, rt)
+}
+
+// clientAddr returns the socket peer of ctx.
+func clientAddr(ctx *fasthttp.RequestCtx) netip.Addr {
+	if a, ok := ctx.RemoteAddr().(*net.TCPAddr); ok {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			return ip.Unmap()
+		}
+	}
+	return netip.IPv4Unspecified()
+}
+
+// zapPrintf adapts a zap.Logger to fasthttp's Logger.
+type zapPrintf struct{ l *zap.Logger }
+
+func (z zapPrintf) Printf(format string, args ...any) { z.l.Sugar().Debugf(format, args...) }

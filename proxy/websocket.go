@@ -1,0 +1,303 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+
+	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+)
+
+var reqPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, 2048)
+	return &b
+}}
+
+// serveWebSocket proxies one upgrade request: it validates it, opens the
+// backend's handshake, and either relays the backend's refusal or hijacks
+// the connection and starts a session.
+func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
+	h := &ctx.Request.Header
+	if e := checkUpgrade(h); e != nil {
+		s.stats.HandshakeBadRequest.Add(1)
+		ctx.Error(e.reason, e.status)
+		if e.status == fasthttp.StatusUpgradeRequired {
+			ctx.Response.Header.Set("Sec-WebSocket-Version", websocketVersion)
+		}
+		return
+	}
+	if !rt.originAllowed(h.Peek("Origin")) {
+		s.stats.HandshakeOriginRefused.Add(1)
+		ctx.Error("websocket: origin not allowed", fasthttp.StatusForbidden)
+		return
+	}
+	if s.stopping.Load() {
+		refuse(ctx, fasthttp.StatusServiceUnavailable, "proxy is shutting down", 5)
+		return
+	}
+
+	peer := clientAddr(ctx)
+	t := s.table.Load()
+	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
+	key := rt.key.Hash(&ctx.Request, clientIP)
+	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
+	if ctx.IsTLS() {
+		f.proto = "https"
+	}
+	bp := reqPool.Get().(*[]byte)
+	request := appendUpgradeRequest((*bp)[:0], &ctx.Request, &f, peer)
+	defer func() {
+		*bp = request[:0]
+		reqPool.Put(bp)
+	}()
+
+	hsCtx, cancel := context.WithTimeout(context.Background(), rt.limits.HandshakeTimeout)
+	defer cancel()
+	var tried []*balancer.Backend
+	var lastErr error
+	for attempt := 0; attempt < s.attempts; attempt++ {
+		b := rt.pool.lb.PickExcluding(key, tried)
+		if b == nil {
+			break
+		}
+		tried = append(tried, b)
+		conn, answer, err := handshakeBackend(hsCtx, b.Addr, request)
+		if err != nil {
+			lastErr = err
+			s.backendFailed(b, err)
+			var de *dialError
+			if errors.As(err, &de) && hsCtx.Err() == nil {
+				continue // nothing reached the backend: try the next one
+			}
+			break
+		}
+		if s.health != nil {
+			s.health.ReportSuccess(b.Addr)
+		}
+		if answer.status != fasthttp.StatusSwitchingProtocols {
+			s.relayRefusal(ctx, conn, answer)
+			return
+		}
+		s.startSession(ctx, rt, b, conn, answer)
+		return
+	}
+	switch {
+	case len(tried) == 0:
+		s.stats.HandshakeNoBackend.Add(1)
+		refuse(ctx, fasthttp.StatusServiceUnavailable, "no healthy backend", 5)
+	case isTimeout(lastErr) && !isDialError(lastErr):
+		s.stats.HandshakeBackendTimeout.Add(1)
+		refuse(ctx, fasthttp.StatusGatewayTimeout, "backend did not answer the handshake in time", 1)
+	default:
+		if isTimeout(lastErr) {
+			s.stats.HandshakeBackendTimeout.Add(1)
+		} else {
+			s.stats.HandshakeBackendRefused.Add(1)
+		}
+		refuse(ctx, fasthttp.StatusBadGateway, "backend unreachable", 1)
+	}
+}
+
+// backendFailed logs a failed backend handshake and tells passive health.
+func (s *Server) backendFailed(b *balancer.Backend, err error) {
+	if s.health != nil {
+		s.health.ReportFailure(b.Addr, err)
+	}
+	s.log.Warn("backend handshake failed", zap.String("backend", b.Addr), zap.Error(err))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
+		(errors.As(err, &ne) && ne.Timeout())
+}
+
+func isDialError(err error) bool {
+	var de *dialError
+	return errors.As(err, &de)
+}
+
+// refuse answers with status, a one-line reason and Retry-After.
+func refuse(ctx *fasthttp.RequestCtx, status int, reason string, retryAfter int) {
+	ctx.Error(reason, status) // resets the response: headers go after
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retryAfter))
+}
+
+// joinedHeader returns every value of a header joined by commas.
+func joinedHeader(h *fasthttp.RequestHeader, name string) []byte {
+	vs := h.PeekAll(name)
+	switch len(vs) {
+	case 0:
+		return nil
+	case 1:
+		return vs[0]
+	}
+	var out []byte
+	for i, v := range vs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	return out
+}
+
+// relayRefusal passes a backend's non-101 answer to the client with its
+// status, headers and body.
+func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, conn net.Conn, a *backendAnswer) {
+	defer conn.Close()
+	s.stats.HandshakeBackendNon101.Add(1)
+	resp := fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseResponse(resp)
+	if err := resp.ReadLimitBody(a.br, maxErrorBody); err != nil {
+		refuse(ctx, fasthttp.StatusBadGateway, "backend sent an unreadable answer", 1)
+		return
+	}
+	resp.CopyTo(&ctx.Response)
+	for _, name := range hopHeaders {
+		ctx.Response.Header.Del(name)
+	}
+}
+
+// startSession answers the client with the backend's 101 and starts the
+// relay on the hijacked connection.
+func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, backendConn net.Conn, a *backendAnswer) {
+	s.stats.HandshakeOK.Add(1)
+	peer := ctx.RemoteAddr().String()
+	limits := rt.limits
+	routePath := rt.path
+	ctx.HijackSetNoResponse(true)
+	ctx.Hijack(func(c net.Conn) {
+		s.hijacked(c, hijackInfo{
+			route: routePath, limits: limits, upstream: b, backend: backendConn,
+			answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
+		})
+	})
+}
+
+// hijackInfo is what a session needs from its handshake: copied out of the
+// request, which fasthttp reuses.
+type hijackInfo struct {
+	route            string
+	limits           Limits
+	upstream         *balancer.Backend
+	backend          net.Conn
+	answer           *backendAnswer
+	peer             string
+	handshakeTimeout time.Duration
+}
+
+// rawConner is fasthttp's hijacked connection, which reads through the
+// server's buffer.
+type rawConner interface{ UnsafeConn() net.Conn }
+
+// hijacked runs on fasthttp's hijack goroutine: it writes the 101, takes
+// the bytes the client sent behind its handshake out of fasthttp's buffer,
+// detaches the connection and hands both sockets to a session.
+func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
+	fail := func(err error) {
+		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
+		_ = c.Close()
+		// The backend accepted the upgrade: close it as a client would.
+		var mask [4]byte
+		_, _ = hi.backend.Write(wsframe.AppendClose(nil, &mask, wsframe.CloseGoingAway, "client went away"))
+		_ = hi.backend.Close()
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(hi.handshakeTimeout))
+	if _, err := c.Write(hi.answer.head); err != nil {
+		fail(err)
+		return
+	}
+	_ = c.SetWriteDeadline(time.Time{})
+	early, err := drainBuffered(c)
+	if err != nil {
+		fail(err)
+		return
+	}
+	raw := c
+	if rc, ok := c.(rawConner); ok {
+		raw = rc.UnsafeConn()
+	}
+	ss, err := newSession(s, raw, hi.backend)
+	if err != nil {
+		fail(err)
+		return
+	}
+	ss.route = hi.route
+	ss.limits = hi.limits
+	ss.upstream = hi.upstream
+	ss.peer = hi.peer
+	ss.rsv = extensionRule(hi.answer.head)
+	if v, ok := headerValue(hi.answer.head, "Sec-WebSocket-Protocol"); ok {
+		ss.proto = string(v)
+	}
+	ss.closeTimeout = s.closeTimeout
+	ss.client.early = early
+	ss.backend.early = hi.answer.early
+	hi.upstream.Acquire()
+	ss.unregister = s.sessions.add(ss)
+	s.stats.SessionsStarted.Add(1)
+	if s.stopping.Load() {
+		ss.closeWith(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
+	}
+	if err := ss.run(s.pollers.Pick()); err != nil {
+		s.log.Error("session could not start", zap.Error(err))
+		ss.finish()
+	}
+}
+
+// drainBuffered returns the bytes fasthttp read past the handshake: a read
+// with a deadline already past returns what is buffered without a syscall
+// and then times out, which does not stick.
+func drainBuffered(c net.Conn) ([]byte, error) {
+	if _, ok := c.(rawConner); !ok {
+		return nil, nil
+	}
+	if err := c.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return nil, err
+	}
+	var early []byte
+	var buf [4096]byte
+	for {
+		n, err := c.Read(buf[:])
+		early = append(early, buf[:n]...)
+		if err != nil {
+			if !isTimeout(err) {
+				return nil, err
+			}
+			break
+		}
+	}
+	return early, c.SetReadDeadline(time.Time{})
+}
+
+// sessionEnded is called once when a session finishes.
+func (s *Server) sessionEnded(ss *session) {
+	ss.upstream.Release()
+	s.stats.SessionsEnded.Add(1)
+	if !s.accessLog() {
+		return
+	}
+	by := closedByNames[ss.closedBy.Load()]
+	s.log.Info("session",
+		zap.String("route", ss.route),
+		zap.String("backend", ss.upstream.Addr),
+		zap.String("client", ss.peer),
+		zap.String("subprotocol", ss.proto),
+		zap.Duration("duration", time.Since(ss.start)),
+		zap.Int64("client_messages", ss.client.msgs.Load()),
+		zap.Int64("client_bytes", ss.client.bytes.Load()),
+		zap.Int64("backend_messages", ss.backend.msgs.Load()),
+		zap.Int64("backend_bytes", ss.backend.bytes.Load()),
+		zap.Int32("close_code", ss.closeCode.Load()),
+		zap.String("closed_by", by),
+	)
+}
