@@ -280,3 +280,27 @@ func TestRouteMatching(t *testing.T) {
 		}
 	}
 }
+
+func TestNoHealthyBackendIs503(t *testing.T) {
+	b := startBackend(t, "b0")
+	p := startProxy(t, basicConfig, b.addr())
+	p.srv.backends.SetHealthy(b.addr(), false)
+	_, resp, err := websocket.DefaultDialer.Dial(p.url("/"), nil)
+	if err == nil || resp == nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("err %v resp %+v", err, resp)
+	}
+	// Plain HTTP on the route too.
+	hr, err := http.Get("http://" + p.ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr.Body.Close()
+	if hr.StatusCode != 503 || hr.Header.Get("Retry-After") == "" {
+		t.Fatalf("plain HTTP: %d %v", hr.StatusCode, hr.Header)
+	}
+	if n := conns(b); n != 0 {
+		t.Fatalf("%d handshakes reached an unhealthy backend", n)
+	}
+	p.srv.backends.SetHealthy(b.addr(), true)
+	dial(t, p.url("/"), nil).Close()
+}

@@ -51,10 +51,10 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		pc := c.Pools[name]
 		p := &pool{name: name, clients: make(map[string]*fasthttp.HostClient, len(pc.Backends))}
 		members := make([]*balancer.Backend, 0, len(pc.Backends))
+		weights := make([]int, 0, len(pc.Backends))
 		for _, bc := range pc.Backends {
-			b := s.backends.Get(bc.Address)
-			b.Weight = bc.Weight
-			members = append(members, b)
+			members = append(members, s.backends.Get(bc.Address))
+			weights = append(weights, bc.Weight)
 			var hc *fasthttp.HostClient
 			if old != nil {
 				if op := old.pools[name]; op != nil {
@@ -66,7 +66,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			}
 			p.clients[bc.Address] = hc
 		}
-		p.lb = balancer.NewPool(balancer.PoolConfig{Backends: members, BoundedLoad: pc.BoundedLoad})
+		p.lb = balancer.NewPool(balancer.PoolConfig{Backends: members, Weights: weights, BoundedLoad: pc.BoundedLoad})
 		t.pools[name] = p
 	}
 	for i := range c.Routes {

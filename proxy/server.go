@@ -46,6 +46,9 @@ type Config struct {
 	MaxConnectAttempts int
 }
 
+// keepAliveTimeout closes plain HTTP keep-alive connections idle this long.
+const keepAliveTimeout = 75 * time.Second
+
 // Server is the proxy: it serves listeners, routes requests and relays
 // WebSocket sessions. Its methods are safe for concurrent use.
 type Server struct {
@@ -109,7 +112,7 @@ func New(cfg Config) (*Server, error) {
 		Name:                          "wsproxy",
 		ReadTimeout:                   d.HandshakeTimeout,
 		WriteTimeout:                  0,
-		IdleTimeout:                   d.IdleTimeout,
+		IdleTimeout:                   keepAliveTimeout,
 		KeepHijackedConns:             true,
 		DisablePreParseMultipartForm:  true,
 		NoDefaultServerHeader:         true,
