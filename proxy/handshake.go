@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -364,17 +366,28 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // handshakeBackend connects to addr and sends the opening handshake. It
 // returns the connection and the backend's answer.
-func handshakeBackend(ctx context.Context, addr string, request []byte) (net.Conn, *backendAnswer, error) {
+// With tlsConfig it speaks TLS (wss) to the backend.
+func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, request []byte) (net.Conn, *backendAnswer, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, &dialError{err}
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
+	if tlsConfig != nil {
+		sock, err := NewSocket(conn.(*net.TCPConn))
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		tc := tls.Client(sock, tlsConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("proxy: TLS to backend: %w", err)
+		}
+		conn = tc
+	}
 	if _, err := conn.Write(request); err != nil {
 		conn.Close()
 		return nil, nil, err

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"time"
 
@@ -14,10 +15,13 @@ import (
 // goes to the backend the same hash picks, so that a client's polls and its
 // WebSocket land on one backend.
 
-// newHostClient returns the plain HTTP client for one backend.
-func newHostClient(addr string) *fasthttp.HostClient {
+// newHostClient returns the plain HTTP client for one backend, over TLS
+// when tlsConfig is set.
+func newHostClient(addr string, tlsConfig *tls.Config) *fasthttp.HostClient {
 	return &fasthttp.HostClient{
 		Addr:                          addr,
+		IsTLS:                         tlsConfig != nil,
+		TLSConfig:                     tlsConfig,
 		NoDefaultUserAgentHeader:      true,
 		DisablePathNormalizing:        true,
 		DisableHeaderNamesNormalizing: true,

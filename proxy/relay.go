@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -50,6 +51,8 @@ var bufPool = sync.Pool{New: func() any {
 
 var errWouldBlock = errors.New("proxy: would block")
 
+var errEOF = io.EOF
+
 // sideKind tells the two sides apart.
 type sideKind uint8
 
@@ -75,6 +78,8 @@ type side struct {
 	rc   syscall.RawConn
 	fd   int
 	reg  poller.Registration
+	tls  *tls.Conn // nil for plain TCP
+	sock *Socket   // under tls
 
 	state atomic.Int32 // pump state
 
@@ -205,8 +210,10 @@ func (x *side) readOnce(buf []byte) (more bool) {
 		}
 		if err == nil {
 			// A short read means the socket was drained; with an
-			// edge-triggered poller, new data schedules a new look.
-			return n == readSize || len(x.early) > 0
+			// edge-triggered poller, new data schedules a new look. TLS
+			// may hold whole records already read off the socket: read
+			// until it says the socket is empty.
+			return n == readSize || len(x.early) > 0 || x.tls != nil
 		}
 	}
 	switch {
@@ -222,6 +229,9 @@ func (x *side) readOnce(buf []byte) (more bool) {
 // read reads without blocking. It returns errWouldBlock when the socket has
 // nothing, io.EOF at the end.
 func (x *side) read(b []byte) (n int, err error) {
+	if x.tls != nil {
+		return x.readTLS(b)
+	}
 	x.rbuf = b
 	rerr := x.rc.Read(x.readFn)
 	x.rbuf = nil
@@ -237,6 +247,22 @@ func (x *side) read(b []byte) (n int, err error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// readTLS reads decrypted bytes without blocking.
+func (x *side) readTLS(b []byte) (int, error) {
+	n, err := x.tls.Read(b)
+	if n > 0 {
+		return n, nil
+	}
+	var empty errSocketEmpty
+	if errors.As(err, &empty) {
+		return 0, errWouldBlock
+	}
+	if err == nil {
+		return 0, errWouldBlock
+	}
+	return 0, err
 }
 
 // rawRead is x.readFn: one read(2) on the socket, never waiting. It is
@@ -276,6 +302,16 @@ func (x *side) rawWrite(fd uintptr) bool {
 func (x *side) write(b []byte) error {
 	if len(b) == 0 {
 		return nil
+	}
+	if x.tls != nil {
+		// A TLS record must go out whole: write blocking.
+		if wt := x.s.limits.WriteTimeout; wt > 0 {
+			if err := x.conn.SetWriteDeadline(time.Now().Add(wt)); err != nil {
+				return err
+			}
+		}
+		_, err := x.tls.Write(b)
+		return err
 	}
 	x.wbuf = b
 	rerr := x.rc.Write(x.writeFn)

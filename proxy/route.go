@@ -2,14 +2,19 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/tls"
+	"fmt"
+	"net"
 	"net/netip"
 	"sort"
 	"strings"
 
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
 	"github.com/wsproxy/wsproxy/config"
+	"github.com/wsproxy/wsproxy/tlsconf"
 )
 
 // table is one configuration generation in the form the hot path reads:
@@ -37,6 +42,9 @@ type pool struct {
 	name    string
 	lb      *balancer.Pool
 	clients map[string]*fasthttp.HostClient
+	// tls is the client TLS configuration per backend address, with the
+	// server name filled in; nil for a plain pool.
+	tls map[string]*tls.Config
 }
 
 // buildTable builds the routing table for c, reusing plain HTTP clients of
@@ -50,6 +58,24 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	for _, name := range c.PoolNames() {
 		pc := c.Pools[name]
 		p := &pool{name: name, clients: make(map[string]*fasthttp.HostClient, len(pc.Backends))}
+		var base *tls.Config
+		if pc.TLS.Enabled {
+			var err error
+			base, err = tlsconf.NewClient(tlsconf.ClientOptions{
+				ServerName:         pc.TLS.ServerName,
+				CAFile:             pc.TLS.CAFile,
+				CertFile:           pc.TLS.CertFile,
+				KeyFile:            pc.TLS.KeyFile,
+				InsecureSkipVerify: pc.TLS.InsecureSkipVerify,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("pool %s: %w", name, err)
+			}
+			if pc.TLS.InsecureSkipVerify {
+				s.log.Warn("TLS to backends without certificate verification", zap.String("pool", name))
+			}
+			p.tls = make(map[string]*tls.Config, len(pc.Backends))
+		}
 		members := make([]*balancer.Backend, 0, len(pc.Backends))
 		weights := make([]int, 0, len(pc.Backends))
 		for _, bc := range pc.Backends {
@@ -61,8 +87,17 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 					hc = op.clients[bc.Address]
 				}
 			}
+			var bt *tls.Config
+			if base != nil {
+				bt = base.Clone()
+				if bt.ServerName == "" {
+					bt.ServerName, _, _ = net.SplitHostPort(bc.Address)
+				}
+				p.tls[bc.Address] = bt
+				hc = nil // a reload may have changed the certificates
+			}
 			if hc == nil {
-				hc = newHostClient(bc.Address)
+				hc = newHostClient(bc.Address, bt)
 			}
 			p.clients[bc.Address] = hc
 		}

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
@@ -83,8 +84,18 @@ func newSession(srv *Server, clientConn, backendConn net.Conn) (*session, error)
 	s.client = side{s: s, kind: clientSide, peer: &s.backend, conn: clientConn}
 	s.backend = side{s: s, kind: backendSide, peer: &s.client, conn: backendConn}
 	for _, x := range []*side{&s.client, &s.backend} {
-		sc, ok := x.conn.(syscall.Conn)
-		if !ok {
+		var sc syscall.Conn
+		if tc, ok := x.conn.(*tls.Conn); ok {
+			sock, ok := tc.NetConn().(*Socket)
+			if !ok {
+				return nil, errNotSocket
+			}
+			x.tls, x.sock = tc, sock
+			sock.nonblock.Store(true)
+			sc = sock.TCPConn
+		} else if c, ok := x.conn.(syscall.Conn); ok {
+			sc = c
+		} else {
 			return nil, errNotSocket
 		}
 		rc, err := sc.SyscallConn()
@@ -263,6 +274,12 @@ func (s *session) finish() {
 	s.timer.Stop()
 	for _, x := range []*side{&s.client, &s.backend} {
 		x.reg.Remove()
+		if x.sock != nil {
+			// The WebSocket closing handshake is done; a TLS
+			// close_notify could block on a peer that stopped reading.
+			_ = x.sock.Close()
+			continue
+		}
 		_ = x.conn.Close()
 	}
 	if s.unregister != nil {

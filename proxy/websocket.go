@@ -69,7 +69,7 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 			break
 		}
 		tried = append(tried, b)
-		conn, answer, err := handshakeBackend(hsCtx, b.Addr, request)
+		conn, answer, err := handshakeBackend(hsCtx, b.Addr, rt.pool.tls[b.Addr], request)
 		if err != nil {
 			lastErr = err
 			s.backendFailed(b, err)
