@@ -1,0 +1,279 @@
+// Package config loads wsproxy's YAML configuration: strict decoding,
+// defaults applied in one place, and validation that reports every mistake
+// at once, each with its file, line and key.
+//
+// A loaded Config is immutable by convention: the proxy builds its routing
+// table from it and a reload loads a new one. Load and Parse are safe for
+// concurrent use.
+package config
+
+import (
+	"net/netip"
+	"sort"
+	"time"
+)
+
+// Config is a whole configuration with every default filled in.
+type Config struct {
+	// Listeners accept client connections. At least one.
+	Listeners []Listener `yaml:"listeners"`
+	// Admin is the admin listener (/healthz, /readyz, /status).
+	Admin Admin `yaml:"admin"`
+	// Log configures logging.
+	Log Log `yaml:"log"`
+	// TrustedProxies are the peers whose X-Forwarded-For and Forwarded
+	// headers are believed, as CIDRs or single addresses. Default none.
+	TrustedProxies []netip.Prefix `yaml:"trusted_proxies"`
+	// Defaults are the limits of every route that does not override them.
+	Defaults Limits `yaml:"defaults"`
+	// Routes map request paths to pools.
+	Routes []Route `yaml:"routes"`
+	// Pools are the backend pools, by name.
+	Pools map[string]*Pool `yaml:"pools"`
+}
+
+// Listener is an address the proxy accepts clients on.
+type Listener struct {
+	// Address is host:port; ":8080" listens on every interface.
+	Address string `yaml:"address"`
+	// TLS, when set, terminates TLS on this listener.
+	TLS *ListenerTLS `yaml:"tls"`
+}
+
+// ListenerTLS configures TLS termination.
+type ListenerTLS struct {
+	// Certificates are chosen by SNI: exact name, then wildcard, then the
+	// first. At least one. Relative paths are relative to the config file.
+	Certificates []Certificate `yaml:"certificates"`
+	// MinVersion is "1.2" (default) or "1.3".
+	MinVersion string `yaml:"min_version"`
+	// ClientCAFile, when set, asks clients for certificates signed by
+	// these CAs.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// ClientAuth is "require" (default) or "request" (verify if given).
+	ClientAuth string `yaml:"client_auth"`
+}
+
+// Certificate is a PEM certificate chain and its key.
+type Certificate struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Admin configures the admin listener.
+type Admin struct {
+	// Address is host:port. Default "127.0.0.1:9090"; empty turns the admin
+	// listener off.
+	Address string `yaml:"address"`
+	// Pprof serves /debug/pprof/ on the admin listener. Default false.
+	Pprof bool `yaml:"pprof"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or console.
+	Format string `yaml:"format"`
+	// AccessLog writes a line per WebSocket session and per plain HTTP
+	// request. Default true.
+	AccessLog bool `yaml:"access_log"`
+}
+
+// Limits are the timeouts and limits of a route.
+type Limits struct {
+	// HandshakeTimeout bounds reading the client's handshake and the
+	// backend's connect and answer. Default 10s.
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	// IdleTimeout closes a session (1001) after no data message in either
+	// direction for this long; 0 turns it off. Default 10m.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// ReadTimeout closes a session (1001) when one peer sent no frame at
+	// all (pongs count) for this long; 0 turns it off. Default 60s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout closes a session whose peer accepts no bytes for this
+	// long (back-pressure on the sender meanwhile). Default 10s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// PingInterval is how often the proxy pings a silent peer; 0 turns
+	// pings off. Default 20s.
+	PingInterval time.Duration `yaml:"ping_interval"`
+	// MaxMessageBytes closes a session (1009) whose peer sends a longer
+	// message, counted over its fragments. Accepts sizes like 64KiB, 1MiB.
+	// Default 1MiB.
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	// DrainTimeout is the window over which drained sessions are closed
+	// (scale-down, removed routes, shutdown). Default 30s.
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	// DrainCloseCode is the Close code drained clients get: 1001 "going
+	// away" (default) or 1012 "service restart".
+	DrainCloseCode int `yaml:"drain_close_code"`
+}
+
+// Route maps a request path to a pool.
+type Route struct {
+	// Path is matched by longest prefix at a segment boundary, or exactly
+	// with Exact. Required; starts with "/".
+	Path  string `yaml:"path"`
+	Exact bool   `yaml:"exact"`
+	// Pool names the pool. Required.
+	Pool string `yaml:"pool"`
+	// HashKey picks the backend: ip (default), header:NAME, cookie:NAME,
+	// query:NAME or path. A request without the key falls back to ip.
+	HashKey HashKey `yaml:"hash_key"`
+	// AllowedOrigins are the origins (scheme://host[:port]) browsers may
+	// open WebSockets from; empty allows any.
+	AllowedOrigins []string `yaml:"allowed_origins"`
+	// Limits are the defaults with this route's overrides: any key of
+	// defaults may appear on a route.
+	Limits Limits `yaml:",inline"`
+}
+
+// HashKind is what a hash key reads.
+type HashKind int
+
+// Hash key kinds.
+const (
+	HashIP HashKind = iota
+	HashHeader
+	HashCookie
+	HashQuery
+	HashPath
+)
+
+// HashKey is a parsed hash_key.
+type HashKey struct {
+	Kind HashKind
+	Name string // the header, cookie or query parameter
+}
+
+// String returns the key in its config form.
+func (k HashKey) String() string {
+	switch k.Kind {
+	case HashHeader:
+		return "header:" + k.Name
+	case HashCookie:
+		return "cookie:" + k.Name
+	case HashQuery:
+		return "query:" + k.Name
+	case HashPath:
+		return "path"
+	}
+	return "ip"
+}
+
+// Pool is a pool of backends.
+type Pool struct {
+	// Name is the pool's key in pools.
+	Name string `yaml:"-"`
+	// BoundedLoad is the load factor of consistent hashing with bounded
+	// loads: no backend holds more than ceil(c × average) sessions. 0
+	// (default) turns it off; otherwise at least 1.
+	BoundedLoad float64 `yaml:"bounded_load"`
+	// DrainRate caps drained closes per second for this pool; 0 (default)
+	// means no cap beyond spreading them over drain_timeout.
+	DrainRate float64 `yaml:"drain_rate"`
+	// Backends are the pool's members. At least one.
+	Backends []Backend `yaml:"backends"`
+	// TLS makes the proxy speak wss (and https) to the backends.
+	TLS PoolTLS `yaml:"tls"`
+	// Health configures health checks.
+	Health Health `yaml:"health"`
+}
+
+// Backend is one member of a pool.
+type Backend struct {
+	// Address is host:port. Required.
+	Address string `yaml:"address"`
+	// Weight is the backend's share of new sessions. Default 1; 0 drains
+	// it (no new sessions, live ones closed gracefully).
+	Weight int `yaml:"weight"`
+}
+
+// PoolTLS configures TLS to a pool's backends.
+type PoolTLS struct {
+	Enabled bool `yaml:"enabled"`
+	// ServerName is verified against the backends' certificates; empty
+	// means each backend's host.
+	ServerName string `yaml:"server_name"`
+	// CAFile holds the CAs of the backends' certificates; empty means the
+	// system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are a client certificate to present.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// InsecureSkipVerify accepts any certificate (logged as a warning).
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Health configures a pool's health checks.
+type Health struct {
+	// Type is none (default: passive checks only), http, tcp or websocket.
+	Type string `yaml:"type"`
+	// Path is requested by http and websocket checks. Default /healthz.
+	Path string `yaml:"path"`
+	// Interval between probes (jittered). Default 5s.
+	Interval time.Duration `yaml:"interval"`
+	// Timeout of one probe. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// HealthyThreshold successes in a row bring a backend back. Default 2.
+	HealthyThreshold int `yaml:"healthy_threshold"`
+	// UnhealthyThreshold failures in a row take it out. Default 3.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+	// Statuses are the HTTP statuses that count as healthy; empty means
+	// any 2xx or 3xx.
+	Statuses []int `yaml:"statuses"`
+	// PassiveFailures consecutive dial or handshake failures seen by the
+	// proxy take a backend out at once; 0 turns this off. Default 3.
+	PassiveFailures int `yaml:"passive_failures"`
+}
+
+// defaults returns a Config holding every default: the one place they are
+// set.
+func defaults() *Config {
+	return &Config{
+		Admin: Admin{Address: "127.0.0.1:9090"},
+		Log:   Log{Level: "info", Format: "json", AccessLog: true},
+		Defaults: Limits{
+			HandshakeTimeout: 10 * time.Second,
+			IdleTimeout:      10 * time.Minute,
+			ReadTimeout:      60 * time.Second,
+			WriteTimeout:     10 * time.Second,
+			PingInterval:     20 * time.Second,
+			MaxMessageBytes:  1 << 20,
+			DrainTimeout:     30 * time.Second,
+			DrainCloseCode:   1001,
+		},
+		Pools: map[string]*Pool{},
+	}
+}
+
+// defaultBackend is a backend before its keys are read.
+func defaultBackend() Backend { return Backend{Weight: 1} }
+
+// defaultHealth is a pool's health block before its keys are read.
+func defaultHealth() Health {
+	return Health{
+		Type:               "none",
+		Path:               "/healthz",
+		Interval:           5 * time.Second,
+		Timeout:            2 * time.Second,
+		HealthyThreshold:   2,
+		UnhealthyThreshold: 3,
+		PassiveFailures:    3,
+	}
+}
+
+// defaultListenerTLS is a listener's TLS block before its keys are read.
+func defaultListenerTLS() ListenerTLS {
+	return ListenerTLS{MinVersion: "1.2", ClientAuth: "require"}
+}
+
+// PoolNames returns the pool names, sorted.
+func (c *Config) PoolNames() []string {
+	names := make([]string, 0, len(c.Pools))
+	for n := range c.Pools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

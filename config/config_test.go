@@ -1,0 +1,345 @@
+package config
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/testpki"
+)
+
+const testdata = "../testdata/config/"
+
+// TestBadFiles checks that each file with one mistake is refused with
+// exactly one error, at the right line and key.
+func TestBadFiles(t *testing.T) {
+	cases := []struct {
+		file string
+		line int
+		key  string
+		msg  string
+	}{
+		{"bad-unknown-key.yaml", 7, "defaults.idle_timout", "did you mean idle_timeout?"},
+		{"bad-wrong-type.yaml", 15, "pools.chat.bounded_load", `want a number, got "high"`},
+		{"bad-duration.yaml", 8, "defaults.read_timeout", `bad duration "60"`},
+		{"bad-size.yaml", 9, "defaults.max_message_bytes", `bad size "1 megabyte"`},
+		{"bad-missing-pool.yaml", 11, "routes[0].pool", `no pool named "chats"`},
+		{"bad-duplicate-route.yaml", 13, "routes[1].path", "also the path of routes[0]"},
+		{"bad-no-backends.yaml", 16, "pools.chat.backends", "no backends"},
+		{"bad-backend-address.yaml", 18, "pools.chat.backends[1].address", "port must be a number from 1 to 65535"},
+		{"bad-duplicate-backend.yaml", 18, "pools.chat.backends[1].address", "listed twice"},
+		{"bad-hash-key.yaml", 12, "routes[0].hash_key", `bad hash key "user-id"`},
+		{"bad-negative-weight.yaml", 18, "pools.chat.backends[1].weight", "-1 is out of range"},
+		{"bad-zero-interval.yaml", 19, "pools.chat.health.interval", "must be above 0"},
+		{"bad-tls-no-certs.yaml", 5, "listeners[1].tls.certificates", "needs at least one certificate"},
+		{"bad-admin-clash.yaml", 5, "admin.address", "clashes with listeners[0]"},
+		{"bad-drain-close-code.yaml", 9, "defaults.drain_close_code", "1000 is not allowed"},
+		{"bad-trusted-proxy.yaml", 6, "trusted_proxies[0]", `bad CIDR "10.0.0.0/33"`},
+		{"bad-health-type.yaml", 19, "pools.chat.health.type", `unknown type "grpc"`},
+		{"bad-yaml-syntax.yaml", 18, "", "invalid YAML"},
+	}
+	files, _ := filepath.Glob(testdata + "bad-*.yaml")
+	if len(files) != len(cases) {
+		t.Errorf("%d bad-*.yaml files but %d cases: keep them in step", len(files), len(cases))
+	}
+	for _, tc := range cases {
+		t.Run(tc.file, func(t *testing.T) {
+			_, err := Load(testdata + tc.file)
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("Load = %v, want Errors", err)
+			}
+			if len(errs) != 1 {
+				t.Fatalf("want one error, got %d:\n%v", len(errs), err)
+			}
+			e := errs[0]
+			if e.Line != tc.line || e.Key != tc.key || !strings.Contains(e.Msg, tc.msg) {
+				t.Errorf("got %v\nwant line %d, key %q, message containing %q", e, tc.line, tc.key, tc.msg)
+			}
+			if !strings.HasPrefix(e.Error(), testdata+tc.file+":") {
+				t.Errorf("error %q does not start with the file name", e.Error())
+			}
+		})
+	}
+}
+
+func TestEveryErrorReported(t *testing.T) {
+	_, err := Load(testdata + "many-errors.yaml")
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load = %v, want Errors", err)
+	}
+	want := []struct {
+		line int
+		key  string
+	}{
+		{7, "defaults.idle_timout"},
+		{11, "routes[0].pool"},
+		{12, "routes[0].hash_key"},
+		{18, "pools.chat.backends[1].address"},
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(want), err)
+	}
+	for i, w := range want {
+		if errs[i].Line != w.line || errs[i].Key != w.key {
+			t.Errorf("error %d: got %v, want line %d key %s", i, errs[i], w.line, w.key)
+		}
+	}
+}
+
+func TestExampleAndGoodFiles(t *testing.T) {
+	files, _ := filepath.Glob(testdata + "good-*.yaml")
+	files = append(files, "../config.example.yaml")
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(testdata + "good-minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := defaults().Defaults
+	if c.Defaults != want {
+		t.Errorf("defaults = %+v, want %+v", c.Defaults, want)
+	}
+	r := c.Routes[0]
+	if r.Limits != want || r.HashKey != (HashKey{Kind: HashIP}) || r.Exact {
+		t.Errorf("route = %+v", r)
+	}
+	p := c.Pools["app"]
+	if p.Name != "app" || p.Backends[0].Weight != 1 || !reflect.DeepEqual(p.Health, defaultHealth()) || p.BoundedLoad != 0 {
+		t.Errorf("pool = %+v", p)
+	}
+	if c.Admin.Address != "127.0.0.1:9090" || c.Log != (Log{Level: "info", Format: "json", AccessLog: true}) {
+		t.Errorf("admin %+v log %+v", c.Admin, c.Log)
+	}
+}
+
+func TestRouteOverridesDefaults(t *testing.T) {
+	c, err := Load(testdata + "good-full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	chat, ticker := c.Routes[0].Limits, c.Routes[2].Limits
+	if chat.IdleTimeout != 0 || chat.MaxMessageBytes != 4<<20 || chat.ReadTimeout != 45*time.Second || chat.DrainCloseCode != 1012 {
+		t.Errorf("chat limits = %+v", chat)
+	}
+	if ticker.PingInterval != 0 || ticker.IdleTimeout != time.Hour || ticker.MaxMessageBytes != 64<<10 {
+		t.Errorf("ticker limits = %+v", ticker)
+	}
+	if k := c.Routes[0].HashKey; k != (HashKey{Kind: HashHeader, Name: "X-User-Id"}) {
+		t.Errorf("hash key = %+v", k)
+	}
+	if got := c.TrustedProxies; len(got) != 3 || got[1] != netip.MustParsePrefix("192.168.1.7/32") {
+		t.Errorf("trusted proxies = %v", got)
+	}
+	if b := c.Pools["chat"].Backends; b[0].Weight != 2 || b[1].Weight != 1 || b[2].Weight != 0 {
+		t.Errorf("weights = %+v", b)
+	}
+	if h := c.Pools["market"].Health; h.Type != "websocket" || h.Path != "/ws-health" || h.PassiveFailures != 0 || h.Interval != 5*time.Second {
+		t.Errorf("market health = %+v", h)
+	}
+}
+
+// TestDefaultsBeforeRoutes checks that a route inherits the defaults
+// section even when it comes after the routes in the file.
+func TestDefaultsBeforeRoutes(t *testing.T) {
+	c, err := Parse("t.yaml", []byte(`
+listeners: [{address: ":8080"}]
+routes:
+  - {path: /, pool: p, read_timeout: 90s}
+pools:
+  p: {backends: [{address: "127.0.0.1:1"}]}
+defaults:
+  idle_timeout: 5m
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Routes[0].Limits; l.IdleTimeout != 5*time.Minute || l.ReadTimeout != 90*time.Second {
+		t.Errorf("route limits = %+v", l)
+	}
+}
+
+func TestMarshalRoundTrip(t *testing.T) {
+	for _, f := range []string{"good-full.yaml", "good-minimal.yaml"} {
+		c, err := Load(testdata + f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := c.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Parse(f, out)
+		if err != nil {
+			t.Fatalf("%s: effective config does not load: %v\n%s", f, err, out)
+		}
+		if !reflect.DeepEqual(c, back) {
+			t.Errorf("%s: round trip differs:\n%s", f, out)
+		}
+	}
+}
+
+func TestRelativePathsAndTLSFiles(t *testing.T) {
+	ca := testpki.NewCA(t)
+	leaf := ca.Issue(t, "proxy.test", testpki.Options{Names: []string{"proxy.test"}})
+	dir := t.TempDir()
+	for name, src := range map[string]string{"site.pem": leaf.CertFile, "site-key.pem": leaf.KeyFile, "ca.pem": ca.File} {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "wsproxy.yaml")
+	body := `
+listeners:
+  - address: "127.0.0.1:8443"
+    tls:
+      certificates: [{cert_file: site.pem, key_file: site-key.pem}]
+      client_ca_file: ca.pem
+      client_auth: request
+      min_version: "1.3"
+routes: [{path: /, pool: p}]
+pools:
+  p:
+    backends: [{address: "127.0.0.1:9001"}]
+    tls: {enabled: true, ca_file: ca.pem, cert_file: site.pem, key_file: site-key.pem}
+`
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lt := c.Listeners[0].TLS
+	if lt.Certificates[0].CertFile != filepath.Join(dir, "site.pem") || lt.ClientCAFile != filepath.Join(dir, "ca.pem") || lt.MinVersion != "1.3" || lt.ClientAuth != "request" {
+		t.Errorf("listener TLS = %+v", lt)
+	}
+	if pt := c.Pools["p"].TLS; pt.CAFile != filepath.Join(dir, "ca.pem") || !pt.Enabled {
+		t.Errorf("pool TLS = %+v", pt)
+	}
+
+	// A missing file is an error at its key.
+	os.Remove(filepath.Join(dir, "ca.pem"))
+	_, err = Load(file)
+	if err == nil || !strings.Contains(err.Error(), "wsproxy.yaml:6: listeners[0].tls.client_ca_file: cannot read") ||
+		!strings.Contains(err.Error(), "wsproxy.yaml:13: pools.p.tls.ca_file: cannot read") {
+		t.Errorf("missing CA file: %v", err)
+	}
+}
+
+func TestMoreMistakes(t *testing.T) {
+	base := func(extra string) string {
+		return "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n" + extra
+	}
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"empty", "", "t.yaml:1: the file is empty"},
+		{"not a mapping", "- a\n- b\n", "t.yaml:1: the top level must be a mapping"},
+		{"no listeners", "routes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "listeners: at least one listener"},
+		{"no routes", "listeners: [{address: \":8080\"}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "routes: at least one route"},
+		{"listeners clash", "listeners: [{address: \":8080\"}, {address: \"127.0.0.1:8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "t.yaml:1: listeners[1].address"},
+		{"path without slash", "listeners: [{address: \":8080\"}]\nroutes: [{path: chat, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", `routes[0].path: "chat" must start with /`},
+		{"log level", base("log: {level: verbose}\n"), `t.yaml:4: log.level: unknown level "verbose"`},
+		{"log format", base("log: {format: text}\n"), `t.yaml:4: log.format: unknown format "text"`},
+		{"bool", base("admin: {pprof: yes please}\n"), "t.yaml:4: admin.pprof: want true or false"},
+		{"ping above read timeout", base("defaults: {ping_interval: 90s}\n"), "t.yaml:4: defaults.ping_interval: 1m30s is not below read_timeout"},
+		{"bad origin", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p, allowed_origins: [app.example.com]}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", `routes[0].allowed_origins[0]: bad origin "app.example.com"`},
+		{"backend without host", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \":9001\"}]}}\n", "a backend needs a host"},
+		{"key twice", base("log: {level: info}\nlog: {level: info}\n"), "t.yaml:5: log: defined twice"},
+		{"negative duration", base("defaults: {idle_timeout: -5s}\n"), "must not be negative"},
+		{"drain rate", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {drain_rate: -1, backends: [{address: \"127.0.0.1:9001\"}]}}\n", "pools.p.drain_rate: must not be negative"},
+		{"bounded load", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {bounded_load: 0.5, backends: [{address: \"127.0.0.1:9001\"}]}}\n", "pools.p.bounded_load: 0.5 is out of range"},
+		{"route limit", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p, max_message_bytes: 0}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "t.yaml:2: routes[0].max_message_bytes: must be above 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tc.yaml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestSameSocket(t *testing.T) {
+	cases := []struct {
+		a, b string
+		same bool
+	}{
+		{":8080", "127.0.0.1:8080", true},
+		{"0.0.0.0:8080", "10.0.0.1:8080", true},
+		{"[::]:8080", "127.0.0.1:8080", true},
+		{"127.0.0.1:8080", "127.0.0.1:8080", true},
+		{"127.0.0.1:8080", "127.0.0.2:8080", false},
+		{"127.0.0.1:8080", "127.0.0.1:8081", false},
+		{"localhost:8080", "LOCALHOST:8080", true},
+	}
+	for _, tc := range cases {
+		if got := sameSocket(tc.a, tc.b); got != tc.same {
+			t.Errorf("sameSocket(%q, %q) = %v", tc.a, tc.b, got)
+		}
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for in, want := range map[string]int64{"1024": 1024, "64KiB": 64 << 10, "1MiB": 1 << 20, "2MB": 2e6, "10 KB": 10e3, "512B": 512} {
+		c, err := Parse("t.yaml", []byte("listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\ndefaults: {max_message_bytes: "+in+"}\n"))
+		if err != nil {
+			t.Errorf("%s: %v", in, err)
+			continue
+		}
+		if c.Defaults.MaxMessageBytes != want {
+			t.Errorf("%s = %d, want %d", in, c.Defaults.MaxMessageBytes, want)
+		}
+	}
+}
+
+// FuzzParse feeds the loader arbitrary bytes: it must return a config or
+// errors, never panic, and every config it accepts must survive a round
+// trip through Marshal.
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob(testdata + "*.yaml")
+	for _, name := range append(files, "../config.example.yaml") {
+		if data, err := os.ReadFile(name); err == nil {
+			f.Add(data)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			var errs Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error is not Errors: %v", err)
+			}
+			return
+		}
+		out, err := c.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Parse("fuzz.yaml", out)
+		if err != nil {
+			t.Fatalf("accepted config does not reload: %v\n%s", err, out)
+		}
+		if !reflect.DeepEqual(c, back) {
+			t.Fatalf("round trip differs:\n%s", out)
+		}
+	})
+}

@@ -1,0 +1,344 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// maxWeight is the largest backend weight accepted.
+const maxWeight = 1_000_000
+
+// validate checks the decoded config as a whole: the mistakes a single key
+// cannot show. Every problem is reported, each at its key's line.
+func (d *decoder) validate() {
+	c := d.cfg
+	d.validateListeners()
+	d.validateAdmin()
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		d.failAt("log.level", "unknown level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "json", "console":
+	default:
+		d.failAt("log.format", "unknown format %q: want json or console", c.Log.Format)
+	}
+	d.validateLimits("defaults", c.Defaults)
+	d.validateRoutes()
+	for _, name := range c.PoolNames() {
+		d.validatePool("pools."+name, c.Pools[name])
+	}
+}
+
+// checkAddress reports whether addr is host:port with a port in 1-65535.
+// The host may be empty (every interface).
+func checkAddress(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("bad address %q: want host:port, like 127.0.0.1:9001 or :8080", addr)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("bad address %q: the port must be a number from 1 to 65535", addr)
+	}
+	if strings.ContainsAny(host, " /\t") {
+		return fmt.Errorf("bad address %q: bad host %q", addr, host)
+	}
+	return nil
+}
+
+// sameSocket reports whether two listen addresses would bind the same port
+// on overlapping interfaces: equal, or either is a wildcard with the same
+// port.
+func sameSocket(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	if wild(ha) || wild(hb) {
+		return true
+	}
+	if ia, err := netip.ParseAddr(ha); err == nil {
+		if ib, err := netip.ParseAddr(hb); err == nil {
+			return ia.Unmap() == ib.Unmap()
+		}
+	}
+	return strings.EqualFold(ha, hb)
+}
+
+func (d *decoder) validateListeners() {
+	c := d.cfg
+	if len(c.Listeners) == 0 {
+		d.failAt("listeners", "at least one listener is needed, like listeners: [{address: \":8080\"}]")
+	}
+	for i, l := range c.Listeners {
+		path := fmt.Sprintf("listeners[%d]", i)
+		if l.Address == "" {
+			d.failAt(path+".address", "missing: every listener needs an address")
+		} else if err := checkAddress(l.Address); err != nil {
+			d.failAt(path+".address", "%v", err)
+		}
+		for j := 0; j < i; j++ {
+			if l.Address != "" && sameSocket(l.Address, c.Listeners[j].Address) {
+				d.failAt(path+".address", "%q clashes with listeners[%d] (%q)", l.Address, j, c.Listeners[j].Address)
+				break
+			}
+		}
+		if l.TLS != nil {
+			d.validateListenerTLS(path+".tls", l.TLS)
+		}
+	}
+}
+
+func (d *decoder) validateListenerTLS(path string, t *ListenerTLS) {
+	if len(t.Certificates) == 0 {
+		d.failAt(path+".certificates", "a TLS listener needs at least one certificate ({cert_file, key_file})")
+	}
+	for i, cert := range t.Certificates {
+		cpath := fmt.Sprintf("%s.certificates[%d]", path, i)
+		d.needFile(cpath+".cert_file", cert.CertFile, true)
+		d.needFile(cpath+".key_file", cert.KeyFile, true)
+	}
+	switch t.MinVersion {
+	case "1.2", "1.3":
+	default:
+		d.failAt(path+".min_version", "unknown TLS version %q: want \"1.2\" or \"1.3\"", t.MinVersion)
+	}
+	switch t.ClientAuth {
+	case "require", "request":
+	default:
+		d.failAt(path+".client_auth", "unknown mode %q: want require or request", t.ClientAuth)
+	}
+	d.needFile(path+".client_ca_file", t.ClientCAFile, false)
+}
+
+// needFile checks that a configured file exists. required reports a
+// missing setting too.
+func (d *decoder) needFile(path, file string, required bool) {
+	if file == "" {
+		if required {
+			d.failAt(path, "missing: a file name is needed")
+		}
+		return
+	}
+	if st, err := os.Stat(file); err != nil {
+		d.failAt(path, "cannot read %s: %v", file, unwrapPathError(err))
+	} else if st.IsDir() {
+		d.failAt(path, "%s is a directory, not a file", file)
+	}
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func (d *decoder) validateAdmin() {
+	a := d.cfg.Admin
+	if a.Address == "" {
+		return
+	}
+	if err := checkAddress(a.Address); err != nil {
+		d.failAt("admin.address", "%v", err)
+		return
+	}
+	for i, l := range d.cfg.Listeners {
+		if sameSocket(a.Address, l.Address) {
+			d.failAt("admin.address", "%q clashes with listeners[%d] (%q): the admin listener needs its own port", a.Address, i, l.Address)
+		}
+	}
+}
+
+func (d *decoder) validateLimits(path string, l Limits) {
+	if l.HandshakeTimeout <= 0 {
+		d.failAt(join(path, "handshake_timeout"), "must be above 0")
+	}
+	if l.WriteTimeout <= 0 {
+		d.failAt(join(path, "write_timeout"), "must be above 0")
+	}
+	if l.MaxMessageBytes <= 0 {
+		d.failAt(join(path, "max_message_bytes"), "must be above 0")
+	}
+	if l.PingInterval > 0 && l.ReadTimeout > 0 && l.PingInterval >= l.ReadTimeout {
+		d.failAt(join(path, "ping_interval"), "%v is not below read_timeout (%v): a silent but live peer would be cut off before it is pinged", l.PingInterval, l.ReadTimeout)
+	}
+	switch l.DrainCloseCode {
+	case 1001, 1012:
+	default:
+		d.failAt(join(path, "drain_close_code"), "%d is not allowed: want 1001 (going away) or 1012 (service restart)", l.DrainCloseCode)
+	}
+}
+
+func (d *decoder) validateRoutes() {
+	c := d.cfg
+	if len(c.Routes) == 0 {
+		d.failAt("routes", "at least one route is needed, like routes: [{path: /, pool: NAME}]")
+	}
+	type routeKey struct {
+		path  string
+		exact bool
+	}
+	seen := map[routeKey]int{}
+	for i, r := range c.Routes {
+		path := fmt.Sprintf("routes[%d]", i)
+		switch {
+		case r.Path == "":
+			d.failAt(path+".path", "missing: every route needs a path, like /chat")
+		case !strings.HasPrefix(r.Path, "/"):
+			d.failAt(path+".path", "%q must start with /", r.Path)
+		case strings.ContainsAny(r.Path, "?# \t"):
+			d.failAt(path+".path", "%q must be a plain path, without query, fragment or spaces", r.Path)
+		default:
+			k := routeKey{r.Path, r.Exact}
+			if j, dup := seen[k]; dup {
+				d.failAt(path+".path", "%q is also the path of routes[%d]", r.Path, j)
+			} else {
+				seen[k] = i
+			}
+		}
+		switch {
+		case r.Pool == "":
+			d.failAt(path+".pool", "missing: every route needs a pool")
+		case c.Pools[r.Pool] == nil:
+			d.failAt(path+".pool", "no pool named %q%s", r.Pool, poolHint(c))
+		}
+		for j, o := range r.AllowedOrigins {
+			if err := checkOrigin(o); err != nil {
+				d.failAt(fmt.Sprintf("%s.allowed_origins[%d]", path, j), "%v", err)
+			}
+		}
+		d.validateRouteLimits(path, r.Limits)
+	}
+}
+
+// validateRouteLimits validates a route's limits. They start from the
+// defaults section, so only mistakes in keys the route set itself are
+// reported here; the defaults' own are reported there.
+func (d *decoder) validateRouteLimits(path string, l Limits) {
+	before := len(d.errs)
+	d.validateLimits(path, l)
+	kept := d.errs[:before]
+	for _, e := range d.errs[before:] {
+		key := strings.TrimPrefix(e.Key, path+".")
+		if _, own := d.lines[e.Key]; own || (key == "ping_interval" && d.ownsAny(path, "read_timeout")) {
+			kept = append(kept, e)
+		}
+	}
+	d.errs = kept
+}
+
+func (d *decoder) ownsAny(path string, keys ...string) bool {
+	for _, k := range keys {
+		if _, ok := d.lines[path+"."+k]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+func poolHint(c *Config) string {
+	names := c.PoolNames()
+	if len(names) == 0 {
+		return " (no pools are defined)"
+	}
+	return " (pools: " + strings.Join(names, ", ") + ")"
+}
+
+// checkOrigin accepts scheme://host[:port], as browsers send it.
+func checkOrigin(o string) error {
+	u, err := url.Parse(o)
+	if err != nil || u.Scheme == "" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+		return fmt.Errorf("bad origin %q: want scheme://host[:port], like https://app.example.com", o)
+	}
+	return nil
+}
+
+func (d *decoder) validatePool(path string, p *Pool) {
+	if p.BoundedLoad != 0 && (p.BoundedLoad < 1 || p.BoundedLoad > 100) {
+		d.failAt(path+".bounded_load", "%v is out of range: want 0 (off) or a factor from 1 to 100, like 1.25", p.BoundedLoad)
+	}
+	if p.DrainRate < 0 {
+		d.failAt(path+".drain_rate", "must not be negative (0 means no cap)")
+	}
+	if len(p.Backends) == 0 {
+		d.failAt(path+".backends", "the pool has no backends")
+	}
+	seen := map[string]int{}
+	for i, b := range p.Backends {
+		bpath := fmt.Sprintf("%s.backends[%d]", path, i)
+		if b.Address == "" {
+			d.failAt(bpath+".address", "missing: every backend needs an address")
+		} else if err := checkAddress(b.Address); err != nil {
+			d.failAt(bpath+".address", "%v", err)
+		} else if host, _, _ := net.SplitHostPort(b.Address); host == "" {
+			d.failAt(bpath+".address", "bad address %q: a backend needs a host", b.Address)
+		} else if j, dup := seen[b.Address]; dup {
+			d.failAt(bpath+".address", "%q is listed twice (also backends[%d]); raise its weight instead", b.Address, j)
+		} else {
+			seen[b.Address] = i
+		}
+		if b.Weight < 0 || b.Weight > maxWeight {
+			d.failAt(bpath+".weight", "%d is out of range: want 0 (drain) to %d", b.Weight, maxWeight)
+		}
+	}
+	t := p.TLS
+	if t.Enabled {
+		d.needFile(path+".tls.ca_file", t.CAFile, false)
+		if (t.CertFile == "") != (t.KeyFile == "") {
+			d.failAt(path+".tls.cert_file", "cert_file and key_file go together")
+		}
+		d.needFile(path+".tls.cert_file", t.CertFile, false)
+		d.needFile(path+".tls.key_file", t.KeyFile, false)
+		if t.CertFile != "" && t.KeyFile != "" {
+			if _, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile); err != nil && fileExists(t.CertFile) && fileExists(t.KeyFile) {
+				d.failAt(path+".tls.cert_file", "cannot load the client certificate: %v", err)
+			}
+		}
+	}
+	h := p.Health
+	hpath := path + ".health"
+	switch h.Type {
+	case "none", "http", "tcp", "websocket":
+	default:
+		d.failAt(hpath+".type", "unknown type %q: want none, http, tcp or websocket", h.Type)
+	}
+	if !strings.HasPrefix(h.Path, "/") {
+		d.failAt(hpath+".path", "%q must start with /", h.Path)
+	}
+	if h.Interval <= 0 {
+		d.failAt(hpath+".interval", "must be above 0")
+	}
+	if h.Timeout <= 0 {
+		d.failAt(hpath+".timeout", "must be above 0")
+	}
+	if h.HealthyThreshold < 1 {
+		d.failAt(hpath+".healthy_threshold", "must be at least 1")
+	}
+	if h.UnhealthyThreshold < 1 {
+		d.failAt(hpath+".unhealthy_threshold", "must be at least 1")
+	}
+	if h.PassiveFailures < 0 {
+		d.failAt(hpath+".passive_failures", "must not be negative (0 turns passive checks off)")
+	}
+	for i, s := range h.Statuses {
+		if s < 100 || s > 599 {
+			d.failAt(fmt.Sprintf("%s.statuses[%d]", hpath, i), "%d is not an HTTP status", s)
+		}
+	}
+}
+
+func fileExists(name string) bool {
+	_, err := os.Stat(name)
+	return err == nil
+}
