@@ -37,15 +37,16 @@ func (d *decoder) validate() {
 	}
 }
 
-// checkAddress reports whether addr is host:port with a port in 1-65535.
-// The host may be empty (every interface).
-func checkAddress(addr string) error {
+// checkAddress reports whether addr is host:port with a port in 1-65535,
+// or 0 for a listen address (any free port). The host may be empty (every
+// interface).
+func checkAddress(addr string, listen bool) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("bad address %q: want host:port, like 127.0.0.1:9001 or :8080", addr)
 	}
 	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
+	if err != nil || n < 0 || n > 65535 || (n == 0 && !listen) {
 		return fmt.Errorf("bad address %q: the port must be a number from 1 to 65535", addr)
 	}
 	if strings.ContainsAny(host, " /\t") {
@@ -60,7 +61,7 @@ func checkAddress(addr string) error {
 func sameSocket(a, b string) bool {
 	ha, pa, err1 := net.SplitHostPort(a)
 	hb, pb, err2 := net.SplitHostPort(b)
-	if err1 != nil || err2 != nil || pa != pb {
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
 		return false
 	}
 	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
@@ -84,7 +85,7 @@ func (d *decoder) validateListeners() {
 		path := fmt.Sprintf("listeners[%d]", i)
 		if l.Address == "" {
 			d.failAt(path+".address", "missing: every listener needs an address")
-		} else if err := checkAddress(l.Address); err != nil {
+		} else if err := checkAddress(l.Address, true); err != nil {
 			d.failAt(path+".address", "%v", err)
 		}
 		for j := 0; j < i; j++ {
@@ -149,7 +150,7 @@ func (d *decoder) validateAdmin() {
 	if a.Address == "" {
 		return
 	}
-	if err := checkAddress(a.Address); err != nil {
+	if err := checkAddress(a.Address, true); err != nil {
 		d.failAt("admin.address", "%v", err)
 		return
 	}
@@ -279,7 +280,7 @@ func (d *decoder) validatePool(path string, p *Pool) {
 		bpath := fmt.Sprintf("%s.backends[%d]", path, i)
 		if b.Address == "" {
 			d.failAt(bpath+".address", "missing: every backend needs an address")
-		} else if err := checkAddress(b.Address); err != nil {
+		} else if err := checkAddress(b.Address, false); err != nil {
 			d.failAt(bpath+".address", "%v", err)
 		} else if host, _, _ := net.SplitHostPort(b.Address); host == "" {
 			d.failAt(bpath+".address", "bad address %q: a backend needs a host", b.Address)

@@ -24,6 +24,8 @@ type table struct {
 	pools     map[string]*pool
 	trusted   []netip.Prefix
 	accessLog bool
+	// drainCloseCode is the Close code clients get at shutdown.
+	drainCloseCode int
 }
 
 // route is one entry of the routing table.
@@ -45,19 +47,28 @@ type pool struct {
 	// tls is the client TLS configuration per backend address, with the
 	// server name filled in; nil for a plain pool.
 	tls map[string]*tls.Config
+	// weights by backend address; 0 means draining.
+	weights   map[string]int
+	drainRate float64
 }
 
 // buildTable builds the routing table for c, reusing plain HTTP clients of
 // old for backends that stay.
 func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	t := &table{
-		pools:     make(map[string]*pool, len(c.Pools)),
-		trusted:   c.TrustedProxies,
-		accessLog: c.Log.AccessLog,
+		pools:          make(map[string]*pool, len(c.Pools)),
+		trusted:        c.TrustedProxies,
+		accessLog:      c.Log.AccessLog,
+		drainCloseCode: c.Defaults.DrainCloseCode,
 	}
 	for _, name := range c.PoolNames() {
 		pc := c.Pools[name]
-		p := &pool{name: name, clients: make(map[string]*fasthttp.HostClient, len(pc.Backends))}
+		p := &pool{
+			name:      name,
+			clients:   make(map[string]*fasthttp.HostClient, len(pc.Backends)),
+			weights:   make(map[string]int, len(pc.Backends)),
+			drainRate: pc.DrainRate,
+		}
 		var base *tls.Config
 		if pc.TLS.Enabled {
 			var err error
@@ -81,6 +92,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		for _, bc := range pc.Backends {
 			members = append(members, s.backends.Get(bc.Address))
 			weights = append(weights, bc.Weight)
+			p.weights[bc.Address] = bc.Weight
 			var hc *fasthttp.HostClient
 			if old != nil {
 				if op := old.pools[name]; op != nil {

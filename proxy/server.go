@@ -67,6 +67,10 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	stopping  atomic.Bool
+
+	ctx    context.Context // ends at Shutdown; drains stop with it
+	cancel context.CancelFunc
+	drains sync.WaitGroup
 }
 
 // New builds a Server for cfg.Config. It starts the pollers; Shutdown
@@ -96,6 +100,7 @@ func New(cfg Config) (*Server, error) {
 		s.attempts = 3
 	}
 	s.sessions.init()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	t, err := s.buildTable(cfg.Config, nil)
 	if err != nil {
 		return nil, err
@@ -147,13 +152,60 @@ var ErrServerClosed = errors.New("proxy: server closed")
 
 // Update swaps in a new configuration. Sessions in flight keep the limits
 // they started with; new sessions see the new routes at once.
+//
+// Sessions whose backend left its pool or was given weight 0, and sessions
+// of a route or pool that is gone, are drained: closed gracefully, spread
+// over the drain timeout of their route and never faster than their
+// pool's drain rate. Every other session is left alone.
 func (s *Server) Update(c *config.Config) error {
-	t, err := s.buildTable(c, s.table.Load())
+	old := s.table.Load()
+	t, err := s.buildTable(c, old)
 	if err != nil {
 		return err
 	}
 	s.table.Store(t)
+	plans := map[string]*drainPlan{}
+	s.sessions.each(func(ss *session) {
+		if ss.draining.Load() || t.keeps(ss) {
+			return
+		}
+		d := plans[ss.pool]
+		if d == nil {
+			d = &drainPlan{window: ss.limits.DrainTimeout, code: ss.limits.DrainCloseCode, reason: "backend removed"}
+			if op := old.pools[ss.pool]; op != nil {
+				d.rate = op.drainRate
+			}
+			plans[ss.pool] = d
+		}
+		d.sessions = append(d.sessions, ss)
+	})
+	for _, d := range plans {
+		go s.drainInBackground(*d)
+	}
 	return nil
+}
+
+// drainInBackground runs a drain plan until done or shutdown.
+func (s *Server) drainInBackground(d drainPlan) {
+	s.drains.Add(1)
+	defer s.drains.Done()
+	s.drain(s.ctx, d)
+}
+
+// keeps reports whether a live session still belongs in t: its route
+// still leads to its pool, which still holds its backend with a weight.
+func (t *table) keeps(ss *session) bool {
+	var rt *route
+	for _, r := range t.routes {
+		if r.path == ss.route && r.exact == ss.exact {
+			rt = r
+			break
+		}
+	}
+	if rt == nil || rt.pool.name != ss.pool {
+		return false
+	}
+	return rt.pool.weights[ss.upstream.Addr] > 0
 }
 
 // Sessions reports the number of live WebSocket sessions.
@@ -165,17 +217,31 @@ func (s *Server) Stats() *Stats { return &s.stats }
 // Shutdown stops accepting, lets plain HTTP requests finish, closes every
 // WebSocket session with 1001 and waits for them until ctx is done; then
 // it closes what is left.
+//
+// The closes are spread over the first 80% of the time ctx leaves (the
+// rest is for closing handshakes), so that clients do not all reconnect
+// elsewhere in the same second.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopping.Store(true)
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.ShutdownWithContext(ctx) }()
-	s.sessions.each(func(ss *session) {
-		ss.closeWith(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
-	})
+	window := time.Duration(0)
+	if deadline, ok := ctx.Deadline(); ok {
+		window = time.Until(deadline) * 8 / 10
+	}
+	var all []*session
+	s.sessions.each(func(ss *session) { all = append(all, ss) })
+	code := wsframe.CloseGoingAway
+	if t := s.table.Load(); t.drainCloseCode != 0 {
+		code = t.drainCloseCode
+	}
+	s.drain(ctx, drainPlan{sessions: all, window: window, code: code, reason: "proxy shutting down"})
 	err := s.sessions.wait(ctx)
 	if err != nil {
 		s.sessions.each(func(ss *session) { ss.finish() })
 	}
+	s.cancel()
+	s.drains.Wait()
 	if herr := <-httpDone; err == nil {
 		err = herr
 	}

@@ -52,7 +52,9 @@ type session struct {
 	client   side
 	backend  side
 	limits   Limits
-	route    string
+	route    string // the route's path
+	exact    bool   // and whether it is exact
+	pool     string
 	upstream *balancer.Backend
 	rsv      rsvRule
 	pingTag  [4]byte
@@ -69,14 +71,13 @@ type session struct {
 	draining      atomic.Bool
 	timer         *time.Timer
 	closeTimeout  time.Duration
-	finished      chan struct{}
 	unregister    func()
 }
 
 // newSession builds a session over an upgraded client connection and the
 // backend connection that accepted the upgrade.
 func newSession(srv *Server, clientConn, backendConn net.Conn) (*session, error) {
-	s := &session{srv: srv, start: time.Now(), finished: make(chan struct{})}
+	s := &session{srv: srv, start: time.Now()}
 	// The timer exists before anything can see the session; run arms it.
 	s.timer = time.AfterFunc(time.Hour, s.tick)
 	s.timer.Stop()
@@ -286,7 +287,6 @@ func (s *session) finish() {
 		s.unregister()
 	}
 	s.srv.sessionEnded(s)
-	close(s.finished)
 }
 
 // tick runs the session's timeouts and pings.

@@ -19,6 +19,7 @@ type Stats struct {
 	HTTPBackendErrors       atomic.Int64
 	SessionsStarted         atomic.Int64
 	SessionsEnded           atomic.Int64
+	SessionsDraining        atomic.Int64
 	ViolationsClient        atomic.Int64
 	ViolationsBackend       atomic.Int64
 	ReadTimeouts            atomic.Int64

@@ -173,12 +173,12 @@ func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.B
 	s.stats.HandshakeOK.Add(1)
 	peer := ctx.RemoteAddr().String()
 	limits := rt.limits
-	routePath := rt.path
+	routePath, exact, poolName := rt.path, rt.exact, rt.pool.name
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		s.hijacked(c, hijackInfo{
-			route: routePath, limits: limits, upstream: b, backend: backendConn,
-			answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
+			route: routePath, exact: exact, pool: poolName, limits: limits, upstream: b,
+			backend: backendConn, answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
 		})
 	})
 }
@@ -187,6 +187,8 @@ func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.B
 // request, which fasthttp reuses.
 type hijackInfo struct {
 	route            string
+	exact            bool
+	pool             string
 	limits           Limits
 	upstream         *balancer.Backend
 	backend          net.Conn
@@ -232,6 +234,8 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		return
 	}
 	ss.route = hi.route
+	ss.exact = hi.exact
+	ss.pool = hi.pool
 	ss.limits = hi.limits
 	ss.upstream = hi.upstream
 	ss.peer = hi.peer
