@@ -1,0 +1,30 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/wsproxy/wsproxy/config"
+)
+
+// cmdCheck validates a config file and prints the effective config, with
+// every default filled in, or every error.
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	path, ok := configFlag("check", args, stderr)
+	if !ok {
+		return 2
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	out, err := cfg.Marshal()
+	if err != nil {
+		fmt.Fprintf(stderr, "wsproxy check: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "# %s: configuration is valid; effective settings:\n", path)
+	stdout.Write(out)
+	return 0
+}
