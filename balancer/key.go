@@ -56,6 +56,15 @@ type KeySpec struct {
 	Name string
 }
 
+// String returns the key in its configuration form: "ip", "path",
+// "header:NAME", "cookie:NAME" or "query:NAME".
+func (k KeySpec) String() string {
+	if k.Kind == KeyIP || k.Kind == KeyPath {
+		return k.Kind.String()
+	}
+	return k.Kind.String() + ":" + k.Name
+}
+
 // Hash returns the balancing key of req, to pass to Pool.Pick: the hash of
 // the header, cookie or query parameter value, or of the path. A request
 // without the key (a missing or empty value) falls back to the hash of

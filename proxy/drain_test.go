@@ -3,7 +3,6 @@ package proxy
 import (
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -125,8 +124,8 @@ func TestReloadDrainsOnlyRemovedBackend(t *testing.T) {
 	// New sessions only reach b0.
 	for i := 0; i < 10; i++ {
 		c := dial(t, p.url("/"), http.Header{"X-Key": {fmt.Sprint("new", i)}})
-		if got := exchangeBackend(t, c); !strings.HasPrefix(got, "") {
-			t.Fatal(got)
+		if got := exchangeBackend(t, c); got != "x" {
+			t.Fatalf("echo %q", got)
 		}
 		c.Close()
 	}
@@ -169,5 +168,75 @@ func TestReloadLeavesUnchangedSessionsAlone(t *testing.T) {
 	}
 	if p.srv.Stats().SessionsDraining.Load() != 0 {
 		t.Fatal("an unchanged reload drained sessions")
+	}
+}
+
+// TestAdminDrainBackend drains one backend without a config change: its
+// sessions get a Close 1001, the other backend's are left alone, new
+// sessions avoid it until it is undrained.
+func TestAdminDrainBackend(t *testing.T) {
+	b0, b1 := startBackend(t, "b0"), startBackend(t, "b1")
+	both := fmt.Sprintf("      - {address: %q}\n      - {address: %q}\n", b0.addr(), b1.addr())
+	p := startProxy(t, fmt.Sprintf(drainConfig, "400ms", both))
+	var on0, on1 []*websocket.Conn
+	for i := 0; len(on0) < 3 || len(on1) < 3; i++ {
+		if i == 200 {
+			t.Fatal("keys never spread over both backends")
+		}
+		n1 := conns(b1)
+		c := dial(t, p.url("/"), http.Header{"X-Key": {fmt.Sprint("k", i)}})
+		if conns(b1) > n1 {
+			on1 = append(on1, c)
+		} else {
+			on0 = append(on0, c)
+		}
+	}
+	if _, err := p.srv.DrainBackend("127.0.0.1:1"); err != ErrUnknownBackend {
+		t.Fatalf("unknown backend: %v", err)
+	}
+	n, err := p.srv.DrainBackend(b1.addr())
+	if err != nil || n != len(on1) {
+		t.Fatalf("DrainBackend = %d, %v; want %d sessions", n, err, len(on1))
+	}
+	for _, c := range on1 {
+		if code, _ := closeCode(readErr(c)); code != 1001 {
+			t.Fatalf("drained session: code %d, want 1001", code)
+		}
+	}
+	for _, c := range on0 {
+		if got := exchangeBackend(t, c); got != "x" {
+			t.Fatalf("session on b0: %q", got)
+		}
+	}
+	st := p.srv.Status()
+	for _, b := range st.Pools[0].Backends {
+		if b.Draining != (b.Address == b1.addr()) {
+			t.Fatalf("status: %+v", b)
+		}
+	}
+	before := conns(b1)
+	for i := 0; i < 20; i++ {
+		dial(t, p.url("/"), http.Header{"X-Key": {fmt.Sprint("new", i)}}).Close()
+	}
+	if conns(b1) != before {
+		t.Fatal("a drained backend got new sessions")
+	}
+	if err := p.srv.UndrainBackend(b1.addr()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		dial(t, p.url("/"), http.Header{"X-Key": {fmt.Sprint("new", i)}}).Close()
+	}
+	if conns(b1) == before {
+		t.Fatal("an undrained backend got no new sessions")
+	}
+}
+
+// readErr reads until an error, and returns it.
+func readErr(c *websocket.Conn) error {
+	for {
+		if _, _, err := c.ReadMessage(); err != nil {
+			return err
+		}
 	}
 }

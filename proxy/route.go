@@ -61,6 +61,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		accessLog:      c.Log.AccessLog,
 		drainCloseCode: c.Defaults.DrainCloseCode,
 	}
+	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {
 		pc := c.Pools[name]
 		p := &pool{
@@ -113,8 +114,19 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			}
 			p.clients[bc.Address] = hc
 		}
-		p.lb = balancer.NewPool(balancer.PoolConfig{Backends: members, Weights: weights, BoundedLoad: pc.BoundedLoad})
+		lbConfigs[name] = balancer.PoolConfig{Backends: members, Weights: weights, BoundedLoad: pc.BoundedLoad}
 		t.pools[name] = p
+	}
+	// Nothing can fail from here on, so the balancers of pools that stay
+	// are updated in place (an unchanged pool costs next to nothing, and
+	// the old snapshot leaves the backends' load totals at once).
+	for name, lc := range lbConfigs {
+		if old != nil && old.pools[name] != nil {
+			t.pools[name].lb = old.pools[name].lb
+			t.pools[name].lb.Update(lc)
+		} else {
+			t.pools[name].lb = balancer.NewPool(lc)
+		}
 	}
 	for i := range c.Routes {
 		rc := &c.Routes[i]

@@ -164,6 +164,15 @@ func (s *Server) Update(c *config.Config) error {
 		return err
 	}
 	s.table.Store(t)
+	// Forget backends no pool lists any more; sessions on them keep their
+	// own reference until they end.
+	var addrs []string
+	for _, p := range t.pools {
+		for a := range p.weights {
+			addrs = append(addrs, a)
+		}
+	}
+	s.backends.Retain(addrs)
 	plans := map[string]*drainPlan{}
 	s.sessions.each(func(ss *session) {
 		if ss.draining.Load() || t.keeps(ss) {
@@ -180,14 +189,15 @@ func (s *Server) Update(c *config.Config) error {
 		d.sessions = append(d.sessions, ss)
 	})
 	for _, d := range plans {
+		s.drains.Add(1)
 		go s.drainInBackground(*d)
 	}
 	return nil
 }
 
-// drainInBackground runs a drain plan until done or shutdown.
+// drainInBackground runs a drain plan until done or shutdown. The caller
+// has added it to s.drains.
 func (s *Server) drainInBackground(d drainPlan) {
-	s.drains.Add(1)
 	defer s.drains.Done()
 	s.drain(s.ctx, d)
 }

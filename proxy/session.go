@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"net"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -66,6 +67,7 @@ type session struct {
 	closing       atomic.Bool
 	closeDeadline atomic.Int64
 	done          atomic.Bool
+	regMu         sync.Mutex // guards the sides' reg between run and finish
 	closeCode     atomic.Int32
 	closedBy      atomic.Int32
 	draining      atomic.Bool
@@ -117,16 +119,28 @@ func newSession(srv *Server, clientConn, backendConn net.Conn) (*session, error)
 func (s *session) run(p *poller.Poller) error {
 	now := monoNow()
 	s.lastData.Store(now)
+	// The client side may fire, and even finish the session, before the
+	// backend side is registered: regMu keeps finish from closing a
+	// socket while it is being registered, and run from registering one
+	// that finish closed (its descriptor number may be reused already).
+	s.regMu.Lock()
+	if s.done.Load() {
+		s.regMu.Unlock()
+		return nil
+	}
 	for _, x := range []*side{&s.client, &s.backend} {
 		x.lastRead.Store(now)
 		x.lastPing.Store(now)
 		reg, err := p.Add(x.fd, x)
 		if err != nil {
 			s.client.reg.Remove()
+			s.client.reg = poller.Registration{}
+			s.regMu.Unlock()
 			return err
 		}
 		x.reg = reg
 	}
+	s.regMu.Unlock()
 	s.timer.Reset(s.nextTick(now))
 	// Data may have arrived before the sockets were watched, and bytes
 	// that came with the handshakes wait in early.
@@ -273,6 +287,8 @@ func (s *session) finish() {
 		return
 	}
 	s.timer.Stop()
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
 	for _, x := range []*side{&s.client, &s.backend} {
 		x.reg.Remove()
 		if x.sock != nil {
