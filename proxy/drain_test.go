@@ -240,3 +240,58 @@ func readErr(c *websocket.Conn) error {
 		}
 	}
 }
+
+// TestDrainCloseCodeAndRate drains with drain_close_code 1012 and a
+// drain_rate below what the window would allow: the rate paces the closes
+// and the sessions left when the window ends are closed then.
+func TestDrainCloseCodeAndRate(t *testing.T) {
+	const cfgText = `
+listeners: [{address: "127.0.0.1:0"}]
+log: {access_log: false}
+defaults: {drain_timeout: 2s, drain_close_code: 1012, ping_interval: 0s}
+routes:
+  - {path: /, pool: p}
+pools:
+  p:
+    drain_rate: 2
+    backends:
+%s`
+	b0, b1 := startBackend(t, "b0"), startBackend(t, "b1")
+	p := startProxy(t, fmt.Sprintf(cfgText, fmt.Sprintf("      - {address: %q}\n", b0.addr())))
+	var cs []*websocket.Conn
+	for i := 0; i < 10; i++ {
+		cs = append(cs, dial(t, p.url("/"), nil))
+	}
+	cfg, err := config.Parse("t.yaml", []byte(fmt.Sprintf(cfgText, fmt.Sprintf("      - {address: %q}\n", b1.addr()))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.srv.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+	times := make(chan time.Duration, len(cs))
+	for _, c := range cs {
+		go func() {
+			code, _ := closeCode(readErr(c))
+			if code != 1012 {
+				t.Errorf("drained client got %d, want 1012", code)
+			}
+			times <- time.Since(start)
+		}()
+	}
+	early := 0
+	for range cs {
+		if at := <-times; at < 1800*time.Millisecond {
+			early++
+		} else if at > 3*time.Second {
+			t.Errorf("a close came %v after the reload, past the 2 s window", at)
+		}
+	}
+	// At 2 closes per second, 3 or 4 fit before the window ends (slots of
+	// 500 ms, jittered); the rest are closed at its end. Without the rate
+	// all 10 would be spread across it.
+	if early < 2 || early > 4 {
+		t.Fatalf("%d closes before the window ended, want 3 or 4", early)
+	}
+}
