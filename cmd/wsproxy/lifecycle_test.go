@@ -260,7 +260,6 @@ func TestReloadChurn(t *testing.T) {
 	}
 	t.Logf("%d sessions drained from c; closes per tenth of the window: %v", len(onC), tenths)
 
-
 	// SIGTERM: every session left gets a Close 1001; exit 0 in time.
 	close(stop)
 	start := time.Now()
