@@ -212,19 +212,24 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 	dst = append(dst, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"...)
 	connection := h.PeekAll("Connection")
 	raw := h.RawHeaders()
+	// Lines may end in a bare LF, which fasthttp accepts: split on LF so
+	// that no header rides inside another and escapes skipHeader.
 	for len(raw) > 0 {
-		i := bytes.Index(raw, []byte("\r\n"))
+		i := bytes.IndexByte(raw, '\n')
 		var line []byte
 		if i < 0 {
 			line, raw = raw, nil
 		} else {
-			line, raw = raw[:i], raw[i+2:]
+			line, raw = raw[:i], raw[i+1:]
 		}
+		line = bytes.TrimSuffix(line, []byte("\r"))
 		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 {
+		if colon <= 0 || !isToken(line[:colon]) || bytes.IndexByte(line, '\r') >= 0 {
+			// A folded line, a name with spaces or a bare CR would
+			// read differently at the backend: never pass it on.
 			continue
 		}
-		if skipHeader(bytes.TrimSpace(line[:colon]), connection) {
+		if skipHeader(line[:colon], connection) {
 			continue
 		}
 		dst = append(dst, line...)
@@ -233,6 +238,32 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 	dst = appendForwarded(dst, h, f, peer)
 	return append(dst, "\r\n"...)
 }
+
+// isToken reports whether b is an RFC 9110 token, as a header name must be.
+func isToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if c >= 0x80 || !tokenChars[c] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChars = func() (t [128]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c], t[c-'a'+'A'] = true, true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
 
 // backendAnswer is what a backend said to the opening handshake.
 type backendAnswer struct {
