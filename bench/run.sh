@@ -1,158 +1,404 @@
 #!/usr/bin/env bash
-# Compare wsproxy with nginx, HAProxy and Caddy (Debian packages, stock
+# Compare wsproxy with nginx, HAProxy and Caddy (Debian's packages, stock
 # settings plus what WebSocket proxying needs, 2 workers or threads each)
 # in front of the same echo backend, and with the backend directly.
-# Targets run interleaved, in a rotated order each round; the table
-# reports medians, min-max, and the median of same-round ratios.
 #
-#   bench/run.sh            3 rounds
-#   bench/run.sh -quick     1 round, shorter windows
+#   bench/run.sh [-quick] [-rounds N]
 #
-# Everything listens on 127.0.0.1 and stops by itself.
+# Workloads: round trips of 128 B over 100 and over 1000 connections,
+# 1 MiB messages over 16 connections, sessions/s (connect, upgrade, close)
+# with 50 workers, and proxy memory with 9000 idle sessions (proxies only).
+# Each round runs every workload through every target, the targets in an
+# order rotated by one each round. The table gives medians over rounds,
+# ranges, and wsproxy's ratio to each target as the median of same-round
+# ratios. Raw JSON lines go to bench/results/ (or $RESULTS).
+#
+# Everything listens on 127.0.0.1, on free ports picked at start, runs in
+# the foreground of this script with configs in a temporary directory (no
+# system service is started), and stops by itself: a full run takes about
+# 20 minutes, -quick about 3.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-ROUNDS=3 DUR=8s WARM=2s IDLE=9000 HOLD=25s
-if [ "${1:-}" = "-quick" ]; then ROUNDS=1 DUR=3s WARM=1s IDLE=3000 HOLD=8s; fi
+QUICK=0
+ROUNDS=
+while [ $# -gt 0 ]; do
+	case $1 in
+	-quick | --quick) QUICK=1 ;;
+	-rounds | --rounds)
+		ROUNDS=${2:?-rounds needs a number}
+		shift
+		;;
+	-h | -help | --help)
+		sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'
+		exit 0
+		;;
+	*)
+		echo "run.sh: unknown argument $1 (try -h)" >&2
+		exit 2
+		;;
+	esac
+	shift
+done
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need nginx || ! need haproxy || ! need caddy; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light haproxy caddy >/dev/null
+if [ "$QUICK" = 1 ]; then
+	: "${ROUNDS:=1}"
+	WARM=1s DUR=3s HOLD=8s
+else
+	: "${ROUNDS:=3}"
+	WARM=2s DUR=8s HOLD=25s # HOLD spans one of wsproxy's 20 s pings
 fi
+IDLE=${IDLE:-9000}
+# Stop starting new runs past this many seconds of runs (the table reports
+# what ran).
+BUDGET=$((QUICK ? 240 : 1500))
 
-TMP=$(mktemp -d)
-RESULTS=${RESULTS:-bench/results/$(date +%Y%m%d-%H%M%S).jsonl}
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export PATH=$PATH:/usr/sbin:/sbin
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- the anchors, from Debian's packages -----------------------------------
+install_missing() {
+	local pkgs=() sudo= prc=/usr/sbin/policy-rc.d made=0
+	command -v nginx >/dev/null || pkgs+=(nginx)
+	command -v haproxy >/dev/null || pkgs+=(haproxy)
+	command -v caddy >/dev/null || pkgs+=(caddy)
+	[ ${#pkgs[@]} -gt 0 ] || return 0
+	[ "$(id -u)" = 0 ] || sudo=sudo
+	log "installing ${pkgs[*]}"
+	# Keep the packages' own services from starting: the kit runs its own.
+	if [ ! -e $prc ]; then
+		printf '#!/bin/sh\nexit 101\n' | $sudo tee $prc >/dev/null
+		$sudo chmod 755 $prc
+		made=1
+	fi
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null || true
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${pkgs[@]}" >/dev/null ||
+		log "warning: apt-get install ${pkgs[*]} failed; the missing targets are skipped"
+	if [ $made = 1 ]; then $sudo rm -f $prc; fi
+}
+install_missing
+
+# --- temp dir, cleanup ------------------------------------------------------
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsbench.XXXXXX")
+RESULTS=${RESULTS:-$ROOT/bench/results/$(date +%Y%m%d-%H%M%S).jsonl}
 mkdir -p "$(dirname "$RESULTS")"
-PIDS=()
+: >"$RESULTS"
+declare -A PID=() PORT=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  pkill -f "$TMP" 2>/dev/null || true
-  rm -rf "$TMP"
+	local name
+	trap - EXIT INT TERM
+	for name in "${!PID[@]}"; do stop_target "$name" & done
+	wait 2>/dev/null || true
+	rm -rf "$TMP"
 }
 trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
+trap 'log interrupted; exit 130' INT TERM
 
-go build -o "$TMP/wsproxy" ./cmd/wsproxy
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+[ "$NOFILE" = unlimited ] && NOFILE=100000
+
+# --- build ------------------------------------------------------------------
+log "building"
 go build -o "$TMP/wsbench" ./bench/wsbench
 go build -o "$TMP/echo" ./bench/echo
+go build -o "$TMP/report" ./bench/report
+HAVE_WSPROXY=1
+if ! go build -o "$TMP/wsproxy" ./cmd/wsproxy 2>"$TMP/build.log"; then
+	log "warning: wsproxy does not build; it is skipped:"
+	sed 's/^/    /' "$TMP/build.log" >&2
+	HAVE_WSPROXY=0
+fi
 
-ECHO=127.0.0.1:19001
-WSPROXY=127.0.0.1:18001 NGINX=127.0.0.1:18002 HAPROXY=127.0.0.1:18003 CADDY=127.0.0.1:18004
+# --- ports --------------------------------------------------------------------
+in_use() { ss -Htan 2>/dev/null | awk '{print $4}' | grep -q ":$1\$"; }
+port=$((20000 + RANDOM % 9000)) # below the ephemeral range
+for name in echo wsproxy wsproxy_admin nginx haproxy caddy; do
+	while in_use $port; do port=$((port + 1)); done
+	PORT[$name]=$port
+	port=$((port + 1))
+done
+PORT[direct]=${PORT[echo]}
+ECHO=127.0.0.1:${PORT[echo]}
 
-GOMAXPROCS=2 "$TMP/echo" -addr $ECHO 2>/dev/null & PIDS+=($!)
+# --- targets --------------------------------------------------------------------
+# start NAME CMD...: run CMD in the background with its output in the temp dir
+start() {
+	local name=$1
+	shift
+	"$@" >>"$TMP/$name.log" 2>&1 &
+	PID[$name]=$!
+}
 
-cat >"$TMP/wsproxy.yaml" <<EOF
-listeners: [{address: "$WSPROXY"}]
-admin: {address: "127.0.0.1:18091"}
-log: {level: warn, access_log: false}
-defaults: {ping_interval: 20s, max_message_bytes: 16MiB}
-routes: [{path: /, pool: echo}]
+alive() { [ -n "${PID[$1]:-}" ] && kill -0 "${PID[$1]}" 2>/dev/null; }
+
+# pids NAME: the target's process and its children (nginx's workers)
+pids() {
+	local p=${PID[$1]:-}
+	[ -n "$p" ] || return 0
+	echo "$p$(pgrep -P "$p" | sed 's/^/,/' | tr -d '\n')"
+}
+
+# stop_target NAME: SIGTERM, then after 10 s SIGKILL, to the process and
+# its children
+stop_target() {
+	local name=$1 tree p i
+	[ -n "${PID[$name]:-}" ] || return 0
+	tree=$(pids "$name" | tr , ' ')
+	kill -TERM "${PID[$name]}" 2>/dev/null || true
+	for i in $(seq 100); do
+		alive "$name" || break
+		sleep 0.1
+	done
+	for p in $tree; do kill -KILL "$p" 2>/dev/null || true; done
+	wait "${PID[$name]}" 2>/dev/null || true
+	unset "PID[$name]"
+}
+
+# restart NAME: a fresh process, so that a measure of memory starts from a
+# clean baseline and later runs do not inherit the idle sessions' heap
+restart() {
+	stop_target "$1"
+	launch "$1"
+	ready "$1"
+}
+
+# ready NAME: wait until a one-connection round trip through NAME works
+ready() {
+	local name=$1 i
+	for i in $(seq 50); do
+		if ! alive "$name" && [ "$name" != direct ]; then
+			log "warning: $name exited:"
+			tail -5 "$TMP/$name.log" | sed 's/^/    /' >&2
+			return 1
+		fi
+		if "$TMP/wsbench" -url "ws://127.0.0.1:${PORT[$name]}/" -mode rtt -conns 1 -warmup 0s -duration 100ms >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	log "warning: $name does not answer on ${PORT[$name]}:"
+	tail -5 "$TMP/$name.log" | sed 's/^/    /' >&2
+	return 1
+}
+
+start echo "$TMP/echo" -addr "$ECHO"
+TARGETS=()
+
+if [ $HAVE_WSPROXY = 1 ]; then
+	cat >"$TMP/wsproxy.yaml" <<EOF
+listeners:
+  - address: "127.0.0.1:${PORT[wsproxy]}"
+admin:
+  address: "127.0.0.1:${PORT[wsproxy_admin]}"
+log:
+  level: warn
+  access_log: false
+defaults:
+  ping_interval: 20s
+  idle_timeout: 10m
+  read_timeout: 60s
+  max_message_bytes: 16MiB
+routes:
+  - path: /
+    pool: echo
 pools:
   echo:
-    backends: [{address: "$ECHO"}]
+    backends:
+      - {address: "$ECHO"}
 EOF
-"$TMP/wsproxy" -config "$TMP/wsproxy.yaml" 2>"$TMP/wsproxy.log" & PIDS+=($!)
+	TARGETS+=(wsproxy)
+fi
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx.conf" <<EOF
+if command -v nginx >/dev/null; then
+	mkdir -p "$TMP/nginx"
+	user=
+	if [ "$(id -u)" = 0 ]; then
+		if getent passwd www-data >/dev/null; then user="user www-data;"; else user="user nobody nogroup;"; fi
+	fi
+	cat >"$TMP/nginx/nginx.conf" <<EOF
+$user
 worker_processes 2;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile $NOFILE;
 pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
 daemon off;
-events { worker_connections 19000; }
+error_log $TMP/nginx/error.log warn;
+events {
+  worker_connections $((NOFILE - 500));
+}
 http {
   access_log off;
-  client_body_temp_path $TMP/nginx; proxy_temp_path $TMP/nginx;
-  fastcgi_temp_path $TMP/nginx; uwsgi_temp_path $TMP/nginx; scgi_temp_path $TMP/nginx;
-  map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+  client_body_temp_path $TMP/nginx/body;
+  proxy_temp_path $TMP/nginx/proxy;
+  fastcgi_temp_path $TMP/nginx/fastcgi;
+  uwsgi_temp_path $TMP/nginx/uwsgi;
+  scgi_temp_path $TMP/nginx/scgi;
+  map \$http_upgrade \$connection_upgrade {
+    default upgrade;
+    ''      close;
+  }
   server {
-    listen $NGINX;
+    listen 127.0.0.1:${PORT[nginx]} backlog=4096;
     location / {
       proxy_pass http://$ECHO;
       proxy_http_version 1.1;
       proxy_set_header Upgrade \$http_upgrade;
       proxy_set_header Connection \$connection_upgrade;
+      proxy_set_header Host \$host;
       proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
     }
   }
 }
 EOF
-nginx -c "$TMP/nginx.conf" & PIDS+=($!)
+	TARGETS+=(nginx)
+fi
 
-cat >"$TMP/haproxy.cfg" <<EOF
+if command -v haproxy >/dev/null; then
+	# HAProxy needs about two descriptors per connection, and checks it
+	# against the limit at start.
+	HMAXCONN=$(((NOFILE - 500) / 2))
+	cat >"$TMP/haproxy.cfg" <<EOF
 global
   nbthread 2
-  maxconn 9800
+  maxconn $HMAXCONN
+
 defaults
   mode http
+  maxconn $HMAXCONN
   timeout connect 5s
-  timeout client 1h
-  timeout server 1h
+  timeout client 60s
+  timeout server 60s
   timeout tunnel 1h
+
 frontend fe
-  bind $HAPROXY
+  bind 127.0.0.1:${PORT[haproxy]}
   default_backend be
+
 backend be
   server echo $ECHO
 EOF
-haproxy -f "$TMP/haproxy.cfg" -db & PIDS+=($!)
+	TARGETS+=(haproxy)
+fi
 
-cat >"$TMP/Caddyfile" <<EOF
+if command -v caddy >/dev/null; then
+	mkdir -p "$TMP/caddy"
+	cat >"$TMP/caddy/Caddyfile" <<EOF
 {
   admin off
   auto_https off
 }
-http://$CADDY {
+http://127.0.0.1:${PORT[caddy]} {
+  bind 127.0.0.1
   reverse_proxy $ECHO
 }
 EOF
-GOMAXPROCS=2 XDG_DATA_HOME=$TMP XDG_CONFIG_HOME=$TMP caddy run --config "$TMP/Caddyfile" --adapter caddyfile 2>"$TMP/caddy.log" & PIDS+=($!)
+	TARGETS+=(caddy)
+fi
 
-sleep 2
-# pids of a target's process tree (master and workers), comma separated
-pids_of() {
-  local root
-  case $1 in
-    wsproxy) root=$(pgrep -f "$TMP/wsproxy -config" | head -1) ;;
-    nginx) root=$(pgrep -f "nginx -c $TMP" | head -1) ;;
-    haproxy) root=$(pgrep -f "haproxy -f $TMP" | head -1) ;;
-    caddy) root=$(pgrep -f "caddy run --config $TMP" | head -1) ;;
-    direct) echo ""; return ;;
-  esac
-  [ -n "$root" ] || { echo "$1 is not running" >&2; return 1; }
-  echo "$root$(pgrep -P "$root" | sed 's/^/,/' | tr -d '\n')"
+# launch NAME: start a target with the config written above
+launch() {
+	case $1 in
+	wsproxy) start wsproxy "$TMP/wsproxy" -config "$TMP/wsproxy.yaml" ;; # GOMAXPROCS: the default, 2
+	nginx) start nginx nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ;;
+	haproxy) start haproxy haproxy -db -f "$TMP/haproxy.cfg" ;;
+	caddy)
+		start caddy env GOMAXPROCS=2 HOME="$TMP/caddy" XDG_DATA_HOME="$TMP/caddy" XDG_CONFIG_HOME="$TMP/caddy" \
+			caddy run --config "$TMP/caddy/Caddyfile" --adapter caddyfile
+		;;
+	esac
 }
-addr_of() {
-  case $1 in
-    wsproxy) echo $WSPROXY ;; nginx) echo $NGINX ;; haproxy) echo $HAPROXY ;;
-    caddy) echo $CADDY ;; direct) echo $ECHO ;;
-  esac
+for t in "${TARGETS[@]}"; do launch "$t"; done
+TARGETS+=(direct)
+
+ready direct || {
+	log "the echo backend did not start"
+	exit 1
+}
+UP=()
+for t in "${TARGETS[@]}"; do
+	[ "$t" = direct ] && continue
+	if ready "$t"; then UP+=("$t"); else log "$t is skipped"; fi
+done
+TARGETS=("${UP[@]}" direct)
+log "targets: ${TARGETS[*]}; rounds: $ROUNDS; results: $RESULTS"
+
+# bench WORKLOAD TARGET ARGS...: one wsbench run, its line added to RESULTS
+bench() {
+	local w=$1 t=$2 p line limit=120
+	shift 2
+	if [ "$t" != direct ] && ! alive "$t"; then
+		log "$t is not running: $w skipped"
+		return 0
+	fi
+	p=$(pids "$t")
+	[ "$w" = idle ] && limit=240
+	if line=$(timeout -k 5 $limit "$TMP/wsbench" -url "ws://127.0.0.1:${PORT[$t]}/" -name "$t" \
+		${p:+-pid "$p"} -backend-pid "${PID[echo]}" "$@" 2>>"$TMP/wsbench.log"); then
+		:
+	else
+		log "$w through $t: wsbench exited with status $? (see the errors in the results)"
+	fi
+	line=$(printf '%s\n' "$line" | grep '^{' | tail -1 || true)
+	if [ -z "$line" ]; then
+		log "$w through $t: no result"
+		return 0
+	fi
+	printf '{"workload":"%s","round":%d,%s\n' "$w" "$ROUND" "${line#\{}" >>"$RESULTS"
+	log "$(printf '%-9s %-8s %s' "$w" "$t" "$(summary "$line")")"
+	if [ "$t" != direct ] && ! alive "$t"; then
+		log "warning: $t exited during $w:"
+		tail -5 "$TMP/$t.log" | sed 's/^/    /' >&2
+	fi
 }
 
-TARGETS=(wsproxy nginx haproxy caddy direct)
-run() { # workload target args...
-  local w=$1 t=$2 pids; shift 2
-  pids=$(pids_of "$t") || return 0
-  "$TMP/wsbench" -url "ws://$(addr_of "$t")/" -name "$t" -pid "$pids" "$@" |
-    sed "s/^{/{\"workload\":\"$w\",\"round\":$ROUND,/" >>"$RESULTS" ||
-    echo "$w through $t failed" >&2
+# summary LINE: the figures of a JSON line worth a glance while it runs
+summary() {
+	local f
+	for f in ops_per_sec mib_per_sec p99_us cpu_ms_per_op rss_kib rss_per_session_bytes pings errors; do
+		printf '%s ' "$(printf '%s' "$1" | grep -o "\"$f\":[^,}]*" | tr -d '"')"
+	done
 }
+
+WORKLOADS=(rtt-100 rtt-1000 tput-1MiB sessions idle)
+START=$SECONDS
 for ((ROUND = 0; ROUND < ROUNDS; ROUND++)); do
-  order=("${TARGETS[@]:ROUND%5}" "${TARGETS[@]:0:ROUND%5}")
-  echo "round $((ROUND + 1))/$ROUNDS: ${order[*]}" >&2
-  for t in "${order[@]}"; do
-    run rtt-100 "$t" -mode rtt -conns 100 -size 128 -duration $DUR -warmup $WARM
-    run rtt-1000 "$t" -mode rtt -conns 1000 -size 128 -duration $DUR -warmup $WARM
-    run tput-1MiB "$t" -mode throughput -conns 16 -size 1048576 -duration $DUR -warmup $WARM
-    run sessions "$t" -mode sessions -conns 50 -duration $DUR -warmup $WARM
-    if [ "$t" != direct ]; then
-      run idle "$t" -mode idle -conns $IDLE -duration $HOLD
-      sleep 3 # let the idle sessions' sockets close
-    fi
-  done
+	n=${#TARGETS[@]}
+	k=$((ROUND % n))
+	order=("${TARGETS[@]:k}" "${TARGETS[@]:0:k}")
+	log "round $((ROUND + 1))/$ROUNDS: ${order[*]}"
+	for w in "${WORKLOADS[@]}"; do
+		for t in "${order[@]}"; do
+			if [ $((SECONDS - START)) -gt $BUDGET ]; then
+				log "time budget of ${BUDGET}s spent: stopping"
+				break 3
+			fi
+			case $w in
+			rtt-100) bench "$w" "$t" -mode rtt -conns 100 -size 128 -warmup $WARM -duration $DUR ;;
+			rtt-1000) bench "$w" "$t" -mode rtt -conns 1000 -size 128 -warmup $WARM -duration $DUR ;;
+			tput-1MiB) bench "$w" "$t" -mode throughput -conns 16 -size 1048576 -warmup $WARM -duration $DUR ;;
+			sessions) bench "$w" "$t" -mode sessions -conns 50 -warmup $WARM -duration $DUR ;;
+			idle)
+				[ "$t" = direct ] && continue
+				# a fresh proxy for a clean baseline, and another after
+				restart "$t" || log "$t did not restart"
+				bench "$w" "$t" -mode idle -conns "$IDLE" -hold $HOLD
+				restart "$t" || log "$t did not restart"
+				;;
+			esac
+			sleep 0.5
+		done
+	done
 done
 
-echo "results: $RESULTS" >&2
-go run ./bench/report "$RESULTS"
+if grep -q . "$TMP/wsbench.log" 2>/dev/null; then
+	cp "$TMP/wsbench.log" "${RESULTS%.jsonl}.log"
+fi
+for t in "${TARGETS[@]}"; do
+	[ "$t" = direct ] && continue
+	alive "$t" || log "warning: $t is not running at the end"
+	if [ -s "$TMP/$t.log" ]; then cp "$TMP/$t.log" "${RESULTS%.jsonl}.$t.log"; fi
+done
+"$TMP/report" "$RESULTS" | tee "${RESULTS%.jsonl}.md"
+log "results: $RESULTS (table: ${RESULTS%.jsonl}.md)"

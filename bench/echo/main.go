@@ -1,12 +1,26 @@
 // Command echo is the benchmark kit's WebSocket backend: it echoes every
 // message with its opcode, on fasthttp and fasthttp/websocket, so that all
 // proxies under test sit in front of the same server.
+//
+//	echo -addr 127.0.0.1:9001 [-max-message 16MiB]
+//
+// Each message is read whole into a buffer the connection keeps and sent
+// back as a single frame, so a 1 MiB message costs one copy and no
+// allocation once the buffer has grown. Write buffers come from a pool, so
+// an idle session holds only its read buffer. Pings are answered by the
+// library.
 package main
 
 import (
+	"errors"
 	"flag"
 	"io"
 	"log"
+	"net"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -14,11 +28,38 @@ import (
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:9001", "listen address")
+	maxMsg := flag.Int64("max-message", 16<<20, "largest message accepted, in bytes")
+	readBuf := flag.Int("read-buffer", 8<<10, "read buffer per connection, in bytes")
+	writeBuf := flag.Int("write-buffer", 8<<10, "pooled write buffer, in bytes")
 	flag.Parse()
+	raiseFileLimit()
+
 	up := websocket.FastHTTPUpgrader{
-		ReadBufferSize:  32 << 10,
-		WriteBufferSize: 32 << 10,
+		ReadBufferSize:  *readBuf,
+		WriteBufferSize: *writeBuf,
+		WriteBufferPool: &sync.Pool{},
 		CheckOrigin:     func(*fasthttp.RequestCtx) bool { return true },
+	}
+	handler := func(c *websocket.Conn) {
+		defer c.Close()
+		c.SetReadLimit(*maxMsg)
+		var buf []byte
+		for {
+			op, r, err := c.NextReader()
+			if err != nil {
+				return
+			}
+			buf, err = readAll(r, buf[:0])
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(op, buf); err != nil {
+				return
+			}
+			if cap(buf) > 4<<20 { // do not keep a huge buffer after a huge message
+				buf = nil
+			}
+		}
 	}
 	srv := &fasthttp.Server{
 		Handler: func(ctx *fasthttp.RequestCtx) {
@@ -26,29 +67,56 @@ func main() {
 				ctx.SetBodyString("echo\n")
 				return
 			}
-			_ = up.Upgrade(ctx, func(c *websocket.Conn) {
-				defer c.Close()
-				c.SetReadLimit(64 << 20)
-				for {
-					op, r, err := c.NextReader()
-					if err != nil {
-						return
-					}
-					w, err := c.NextWriter(op)
-					if err != nil {
-						return
-					}
-					if _, err := io.Copy(w, r); err != nil {
-						return
-					}
-					if w.Close() != nil {
-						return
-					}
-				}
-			})
+			_ = up.Upgrade(ctx, handler)
 		},
-		Concurrency: 1 << 20,
+		Name:                  "echo",
+		Concurrency:           1 << 20,
+		ReadBufferSize:        4 << 10,
+		WriteBufferSize:       4 << 10,
+		NoDefaultDate:         true,
+		NoDefaultServerHeader: true,
+		CloseOnShutdown:       true,
 	}
-	log.Printf("echo listening on %s", *addr)
-	log.Fatal(srv.ListenAndServe(*addr))
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	go func() {
+		ch := make(chan os.Signal, 1)
+		signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+		<-ch
+		os.Exit(0)
+	}()
+	log.Printf("echo listening on %s", ln.Addr())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		log.Fatal(err)
+	}
+}
+
+// readAll appends r's content to buf, growing it as needed.
+func readAll(r io.Reader, buf []byte) ([]byte, error) {
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 4<<10)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
 }
