@@ -78,6 +78,9 @@ type Log struct {
 	// AccessLog writes a line per WebSocket session and per plain HTTP
 	// request. Default true.
 	AccessLog bool `yaml:"access_log"`
+	// AccessLogSample is the fraction of sessions and requests that get
+	// an access-log line, from 0 to 1. Default 1 (every one).
+	AccessLogSample float64 `yaml:"access_log_sample"`
 }
 
 // Limits are the timeouts and limits of a route.
@@ -232,7 +235,7 @@ type Health struct {
 func defaults() *Config {
 	return &Config{
 		Admin: Admin{Address: "127.0.0.1:9090"},
-		Log:   Log{Level: "info", Format: "json", AccessLog: true},
+		Log:   Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
 		Defaults: Limits{
 			HandshakeTimeout: 10 * time.Second,
 			IdleTimeout:      10 * time.Minute,

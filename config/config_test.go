@@ -42,6 +42,7 @@ func TestBadFiles(t *testing.T) {
 		{"bad-trusted-proxy.yaml", 6, "trusted_proxies[0]", `bad CIDR "10.0.0.0/33"`},
 		{"bad-health-type.yaml", 19, "pools.chat.health.type", `unknown type "grpc"`},
 		{"bad-yaml-syntax.yaml", 18, "", "invalid YAML"},
+		{"bad-access-log-sample.yaml", 4, "log.access_log_sample", "1.5 is not a fraction"},
 	}
 	files, _ := filepath.Glob(testdata + "bad-*.yaml")
 	if len(files) != len(cases) {
@@ -120,7 +121,7 @@ func TestDefaults(t *testing.T) {
 	if p.Name != "app" || p.Backends[0].Weight != 1 || !reflect.DeepEqual(p.Health, defaultHealth()) || p.BoundedLoad != 0 {
 		t.Errorf("pool = %+v", p)
 	}
-	if c.Admin.Address != "127.0.0.1:9090" || c.Log != (Log{Level: "info", Format: "json", AccessLog: true}) {
+	if c.Admin.Address != "127.0.0.1:9090" || c.Log != (Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1}) {
 		t.Errorf("admin %+v log %+v", c.Admin, c.Log)
 	}
 }

@@ -30,6 +30,9 @@ func (d *decoder) validate() {
 	default:
 		d.failAt("log.format", "unknown format %q: want json or console", c.Log.Format)
 	}
+	if !(c.Log.AccessLogSample >= 0 && c.Log.AccessLogSample <= 1) { // also refuses NaN
+		d.failAt("log.access_log_sample", "%v is not a fraction: want a number from 0 to 1", c.Log.AccessLogSample)
+	}
 	d.validateLimits("defaults", c.Defaults)
 	d.validateRoutes()
 	for _, name := range c.PoolNames() {

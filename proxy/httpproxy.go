@@ -38,6 +38,9 @@ func newHostClient(addr string, tlsConfig *tls.Config) *fasthttp.HostClient {
 // on chunk by chunk, never buffered whole.
 func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	s.stats.HTTPRequests.Add(1)
+	start := time.Now()
+	var backend string
+	defer func() { s.requestEnded(ctx, rt, backend, start) }()
 	if s.stopping.Load() {
 		ctx.SetConnectionClose()
 	}
@@ -51,6 +54,7 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 		refuse(ctx, fasthttp.StatusServiceUnavailable, "no healthy backend", 5)
 		return
 	}
+	backend = b.Addr
 	hc := rt.pool.clients[b.Addr]
 	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: append([]byte(nil), h.Host()...), proto: "http"}
 	if ctx.IsTLS() {

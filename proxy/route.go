@@ -24,6 +24,8 @@ type table struct {
 	pools     map[string]*pool
 	trusted   []netip.Prefix
 	accessLog bool
+	// accessLogSample is the fraction of sessions and requests logged.
+	accessLogSample float64
 	// drainCloseCode is the Close code clients get at shutdown.
 	drainCloseCode int
 }
@@ -36,6 +38,7 @@ type route struct {
 	key     balancer.KeySpec
 	origins [][]byte // lower case; empty means any origin
 	limits  Limits
+	metrics *routeMetrics
 }
 
 // pool is a backend pool: the balancer and, for plain HTTP, one client per
@@ -56,10 +59,11 @@ type pool struct {
 // old for backends that stay.
 func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	t := &table{
-		pools:          make(map[string]*pool, len(c.Pools)),
-		trusted:        c.TrustedProxies,
-		accessLog:      c.Log.AccessLog,
-		drainCloseCode: c.Defaults.DrainCloseCode,
+		pools:           make(map[string]*pool, len(c.Pools)),
+		trusted:         c.TrustedProxies,
+		accessLog:       c.Log.AccessLog,
+		accessLogSample: c.Log.AccessLogSample,
+		drainCloseCode:  c.Defaults.DrainCloseCode,
 	}
 	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {
@@ -131,11 +135,12 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	for i := range c.Routes {
 		rc := &c.Routes[i]
 		r := &route{
-			path:   rc.Path,
-			exact:  rc.Exact,
-			pool:   t.pools[rc.Pool],
-			key:    keySpec(rc.HashKey),
-			limits: rc.Limits,
+			path:    rc.Path,
+			exact:   rc.Exact,
+			pool:    t.pools[rc.Pool],
+			key:     keySpec(rc.HashKey),
+			limits:  rc.Limits,
+			metrics: s.metrics.route(rc.Path),
 		}
 		for _, o := range rc.AllowedOrigins {
 			r.origins = append(r.origins, []byte(strings.ToLower(o)))

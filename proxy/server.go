@@ -63,6 +63,7 @@ type Server struct {
 	http     *fasthttp.Server
 	sessions registry
 	stats    Stats
+	metrics  metrics
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -100,12 +101,14 @@ func New(cfg Config) (*Server, error) {
 		s.attempts = 3
 	}
 	s.sessions.init()
+	s.metrics.init()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	t, err := s.buildTable(cfg.Config, nil)
 	if err != nil {
 		return nil, err
 	}
 	s.table.Store(t)
+	s.metrics.retain(t)
 	g, err := poller.NewGroup(0)
 	if err != nil {
 		return nil, err
@@ -173,6 +176,7 @@ func (s *Server) Update(c *config.Config) error {
 		}
 	}
 	s.backends.Retain(addrs)
+	s.metrics.retain(t)
 	plans := map[string]*drainPlan{}
 	s.sessions.each(func(ss *session) {
 		if ss.draining.Load() || t.keeps(ss) {

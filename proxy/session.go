@@ -62,6 +62,8 @@ type session struct {
 	start    time.Time
 	peer     string // client address for logs
 	proto    string // negotiated subprotocol
+	rm       *routeMetrics
+	bm       *backendMetrics
 
 	lastData      atomic.Int64
 	closing       atomic.Bool
@@ -299,9 +301,7 @@ func (s *session) finish() {
 		}
 		_ = x.conn.Close()
 	}
-	if s.unregister != nil {
-		s.unregister()
-	}
+	s.srv.metrics.retire(s) // unregisters
 	s.srv.sessionEnded(s)
 }
 
@@ -415,7 +415,7 @@ func (x *side) control(h *wsframe.Header, payload []byte) ctrlAction {
 		if n == 8 && [4]byte(p[:4]) == s.pingTag {
 			seq := binary.BigEndian.Uint32(p[4:8])
 			if seq == x.pingSeq.Load() {
-				s.srv.observePong(x.kind, time.Duration(monoNow()-x.lastPing.Load()))
+				s.srv.observePong(s, x.kind, time.Duration(monoNow()-x.lastPing.Load()))
 			}
 			return ctrlDrop
 		}

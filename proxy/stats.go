@@ -1,15 +1,25 @@
 package proxy
 
 import (
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
+
+	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 )
 
-// Stats are the proxy's counters, safe for concurrent use.
+// Stats are the proxy's counters, safe for concurrent use. Collector
+// exposes them with the per-route and per-backend totals.
 type Stats struct {
-	HandshakeOK             atomic.Int64
-	HandshakeBadRequest     atomic.Int64
-	HandshakeOriginRefused  atomic.Int64
+	HandshakeOK            atomic.Int64
+	HandshakeBadRequest    atomic.Int64
+	HandshakeOriginRefused atomic.Int64
+	// HandshakeLimited counts upgrades refused by a connection or rate
+	// limit.
+	HandshakeLimited atomic.Int64
+	// HandshakeShuttingDown counts upgrades refused during shutdown.
+	HandshakeShuttingDown   atomic.Int64
 	HandshakeNoBackend      atomic.Int64
 	HandshakeBackendRefused atomic.Int64
 	HandshakeBackendTimeout atomic.Int64
@@ -56,13 +66,47 @@ func (s *Server) countPing(k sideKind) {
 	}
 }
 
-func (s *Server) observePong(k sideKind, rtt time.Duration) {
+// observePong counts the answer to a proxy ping and its round trip. It
+// runs once per ping interval of a silent session at most.
+func (s *Server) observePong(ss *session, k sideKind, rtt time.Duration) {
 	if k == clientSide {
 		s.stats.PongsClient.Add(1)
+		if s.metrics.clientRTT != nil {
+			s.metrics.clientRTT.Observe(rtt.Seconds())
+		}
 	} else {
 		s.stats.PongsBackend.Add(1)
+		if ss.bm != nil {
+			ss.bm.rtt.Observe(rtt.Seconds())
+		}
 	}
 	s.stats.LastPongRTT.Store(int64(rtt))
 }
 
-func (s *Server) accessLog() bool { return s.table.Load().accessLog }
+// accessLog reports whether this session or request gets an access-log
+// line: access_log is on and it falls in access_log_sample.
+func (s *Server) accessLog() bool {
+	t := s.table.Load()
+	return t.accessLog && (t.accessLogSample >= 1 || rand.Float64() < t.accessLogSample)
+}
+
+// requestEnded counts a plain HTTP request by the class of its answer and
+// writes its access-log line. It runs when the response headers are
+// ready: a streamed body is still on its way.
+func (s *Server) requestEnded(ctx *fasthttp.RequestCtx, rt *route, backend string, start time.Time) {
+	status := ctx.Response.StatusCode()
+	rt.metrics.countHTTP(status)
+	if !s.accessLog() {
+		return
+	}
+	s.log.Info("http",
+		zap.String("route", rt.path),
+		zap.String("backend", backend),
+		zap.String("client", ctx.RemoteAddr().String()),
+		zap.ByteString("method", ctx.Method()),
+		zap.ByteString("path", ctx.Path()),
+		zap.Int("status", status),
+		zap.Duration("duration", time.Since(start)),
+		zap.Int("content_length", ctx.Response.Header.ContentLength()), // -1 when streamed
+	)
+}

@@ -40,6 +40,7 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 		return
 	}
 	if s.stopping.Load() {
+		s.stats.HandshakeShuttingDown.Add(1)
 		refuse(ctx, fasthttp.StatusServiceUnavailable, "proxy is shutting down", 5)
 		return
 	}
@@ -174,10 +175,12 @@ func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.B
 	peer := ctx.RemoteAddr().String()
 	limits := rt.limits
 	routePath, exact, poolName := rt.path, rt.exact, rt.pool.name
+	rm, bm := rt.metrics, s.metrics.backend(b.Addr)
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		s.hijacked(c, hijackInfo{
 			route: routePath, exact: exact, pool: poolName, limits: limits, upstream: b,
+			rm: rm, bm: bm,
 			backend: backendConn, answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
 		})
 	})
@@ -191,6 +194,8 @@ type hijackInfo struct {
 	pool             string
 	limits           Limits
 	upstream         *balancer.Backend
+	rm               *routeMetrics
+	bm               *backendMetrics
 	backend          net.Conn
 	answer           *backendAnswer
 	peer             string
@@ -238,6 +243,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	ss.pool = hi.pool
 	ss.limits = hi.limits
 	ss.upstream = hi.upstream
+	ss.rm, ss.bm = hi.rm, hi.bm
 	ss.peer = hi.peer
 	ss.rsv = extensionRule(hi.answer.head)
 	if v, ok := headerValue(hi.answer.head, "Sec-WebSocket-Protocol"); ok {
@@ -248,6 +254,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	ss.backend.early = hi.answer.early
 	hi.upstream.Acquire()
 	ss.unregister = s.sessions.add(ss)
+	s.metrics.started(ss)
 	s.stats.SessionsStarted.Add(1)
 	if s.stopping.Load() {
 		ss.closeWith(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")

@@ -6,29 +6,61 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/proxy"
 )
 
-// adminServer serves the admin listener: liveness, readiness and status.
+// adminServer serves the admin listener, never a public one: liveness,
+// readiness, status (JSON and a page), Prometheus metrics, backend drains
+// and, when the config allows it, pprof.
 type adminServer struct {
 	in       *instance
 	http     *http.Server
-	notReady atomic.Bool
+	reg      *prometheus.Registry
+	ready    atomic.Bool // the listeners accept and the config is loaded
+	notReady atomic.Bool // shutting down
+	pprof    atomic.Bool // admin.pprof, which a reload may change
 }
 
 func newAdminServer(in *instance) *adminServer {
-	a := &adminServer{in: in}
+	a := &adminServer{in: in, reg: prometheus.NewRegistry()}
+	a.reg.MustRegister(
+		in.srv.Collector(),
+		&in.reloads,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "wsproxy_build_info",
+			Help:        "Always 1; the version is a label.",
+			ConstLabels: prometheus.Labels{"version": versionString()},
+		}, func() float64 { return 1 }),
+	)
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", a.page)
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.HandleFunc("GET /status", a.status)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{
+		ErrorLog:      zap.NewStdLog(in.log.Named("metrics")),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
 	mux.HandleFunc("POST /backends/drain", a.drain)
 	mux.HandleFunc("POST /backends/undrain", a.undrain)
+	// pprof is always routed and answers 404 while admin.pprof is off, so
+	// that a reload can turn it on or off.
+	mux.Handle("/debug/pprof/", a.pprofOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/cmdline", a.pprofOnly(http.HandlerFunc(pprof.Cmdline)))
+	mux.Handle("/debug/pprof/profile", a.pprofOnly(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/symbol", a.pprofOnly(http.HandlerFunc(pprof.Symbol)))
+	mux.Handle("/debug/pprof/trace", a.pprofOnly(http.HandlerFunc(pprof.Trace)))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return a
 }
@@ -41,40 +73,76 @@ func (a *adminServer) close() {
 	_ = a.http.Shutdown(ctx)
 }
 
+// setReady turns /readyz to 200 once every listener accepts.
+func (a *adminServer) setReady() { a.ready.Store(true) }
+
 // setNotReady turns /readyz to 503, for shutdown.
 func (a *adminServer) setNotReady() { a.notReady.Store(true) }
+
+// isReady reports whether the instance takes traffic: listening, config
+// loaded, not shutting down.
+func (a *adminServer) isReady() bool { return a.ready.Load() && !a.notReady.Load() }
 
 func (a *adminServer) healthz(w http.ResponseWriter, _ *http.Request) {
 	w.Write([]byte("ok\n"))
 }
 
 func (a *adminServer) readyz(w http.ResponseWriter, _ *http.Request) {
-	if a.notReady.Load() {
+	switch {
+	case a.notReady.Load():
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
+	case !a.ready.Load():
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+	default:
+		w.Write([]byte("ready\n"))
 	}
-	w.Write([]byte("ready\n"))
 }
 
-// status reports routes, pools, backends and counters as JSON.
-func (a *adminServer) status(w http.ResponseWriter, _ *http.Request) {
+// pprofOnly serves h while admin.pprof is on, else 404.
+func (a *adminServer) pprofOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.pprof.Load() {
+			http.Error(w, "pprof is off: set admin.pprof: true", http.StatusNotFound)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// statusReport is the /status document and the data of the status page.
+type statusReport struct {
+	proxy.Status
+	Version string `json:"version"`
+	Ready   bool   `json:"ready"`
+	// RouteSessions are the live sessions by route path.
+	RouteSessions     map[string]int64 `json:"route_sessions"`
+	SessionsStarted   int64            `json:"sessions_started"`
+	HandshakesOK      int64            `json:"handshakes_ok"`
+	HandshakesRefused int64            `json:"handshakes_refused"`
+	BackendFailures   int64            `json:"backend_failures"`
+	ReloadsOK         int64            `json:"reloads_ok"`
+	ReloadsFailed     int64            `json:"reloads_failed"`
+}
+
+func (a *adminServer) report() statusReport {
 	st := a.in.srv.Stats()
-	out := struct {
-		proxy.Status
-		Ready             bool  `json:"ready"`
-		SessionsStarted   int64 `json:"sessions_started"`
-		HandshakesOK      int64 `json:"handshakes_ok"`
-		HandshakesRefused int64 `json:"handshakes_refused"`
-		BackendFailures   int64 `json:"backend_failures"`
-	}{
+	return statusReport{
 		Status:            a.in.srv.Status(),
-		Ready:             !a.notReady.Load(),
+		Version:           versionString(),
+		Ready:             a.isReady(),
+		RouteSessions:     a.in.srv.RouteSessions(),
 		SessionsStarted:   st.SessionsStarted.Load(),
 		HandshakesOK:      st.HandshakeOK.Load(),
 		HandshakesRefused: st.HandshakeBadRequest.Load() + st.HandshakeOriginRefused.Load(),
 		BackendFailures:   st.HandshakeBackendRefused.Load() + st.HandshakeBackendTimeout.Load(),
+		ReloadsOK:         a.in.reloads.ok.Load(),
+		ReloadsFailed:     a.in.reloads.failed.Load(),
 	}
-	writeJSON(w, http.StatusOK, out)
+}
+
+// status reports routes, pools, backends and counters as JSON.
+func (a *adminServer) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.report())
 }
 
 // drain takes one backend out of rotation without a config change:
@@ -108,4 +176,44 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
+}
+
+// reloadStats count SIGHUP reloads; they are a prometheus.Collector.
+type reloadStats struct {
+	ok, failed atomic.Int64
+	lastFailed atomic.Bool
+}
+
+var (
+	descReloads = prometheus.NewDesc("wsproxy_reloads_total",
+		"Configuration reloads (SIGHUP) by result.", []string{"result"}, nil)
+	descLastReload = prometheus.NewDesc("wsproxy_config_last_reload_successful",
+		"1 unless the last reload failed (the running configuration is then older than the file).", nil, nil)
+)
+
+// count records the result of a reload.
+func (r *reloadStats) count(ok bool) {
+	if ok {
+		r.ok.Add(1)
+	} else {
+		r.failed.Add(1)
+	}
+	r.lastFailed.Store(!ok)
+}
+
+// Describe implements prometheus.Collector.
+func (r *reloadStats) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descReloads
+	ch <- descLastReload
+}
+
+// Collect implements prometheus.Collector.
+func (r *reloadStats) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.ok.Load()), "ok")
+	ch <- prometheus.MustNewConstMetric(descReloads, prometheus.CounterValue, float64(r.failed.Load()), "failed")
+	last := 1.0
+	if r.lastFailed.Load() {
+		last = 0
+	}
+	ch <- prometheus.MustNewConstMetric(descLastReload, prometheus.GaugeValue, last)
 }

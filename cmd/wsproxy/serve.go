@@ -53,6 +53,7 @@ type instance struct {
 	health    *health.Manager
 	backends  *balancer.Registry
 	admin     *adminServer
+	reloads   reloadStats
 
 	// ready is closed once every listener is up; for tests and the demo.
 	ready     chan struct{}
@@ -181,6 +182,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	}
 	if adminLn != nil {
 		in.admin = newAdminServer(in)
+		in.admin.pprof.Store(cfg.Admin.Pprof)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -190,6 +192,9 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.log.Info("wsproxy started", zap.String("version", versionString()),
 		zap.Stringers("listeners", in.addrs), zap.Stringer("admin", in.adminAddr))
 	close(in.ready)
+	if in.admin != nil {
+		in.admin.setReady()
+	}
 	if onReady != nil {
 		onReady()
 	}
@@ -250,6 +255,8 @@ func (in *instance) reload() {
 		in.log.Warn("reload ignored: no config file")
 		return
 	}
+	ok := false
+	defer func() { in.reloads.count(ok) }()
 	cfg, err := config.Load(in.path)
 	if err != nil {
 		in.log.Error("reload failed; keeping the running configuration", zap.Error(err))
@@ -286,6 +293,10 @@ func (in *instance) reload() {
 	}
 	in.health.Update(in.healthSpecs(cfg))
 	in.level.SetLevel(parseLevel(cfg.Log.Level))
+	if in.admin != nil {
+		in.admin.pprof.Store(cfg.Admin.Pprof)
+	}
+	ok = true
 	in.log.Info("configuration reloaded", zap.String("file", in.path))
 }
 
