@@ -27,6 +27,14 @@ import (
 // its socket has no more data it returns its buffer to the pool, the
 // goroutine ends, and the poller schedules a new pump when data arrives.
 // An idle session thus holds no goroutine and no buffer.
+//
+// A pump the poller starts runs on the poller's own loop goroutine, as in
+// an event loop, for a bounded number of reads: no goroutine is started and
+// no other thread woken for a message that fits in one read. A write that
+// would block detaches the loop first (another goroutine takes over the
+// poller), so one slow peer never holds up the other sessions of its
+// poller; a pump with more to read than its budget moves to a goroutine of
+// its own.
 
 // Pump states.
 const (
@@ -42,6 +50,9 @@ const (
 	headroom = wsframe.MaxHeaderLen + wsframe.MaxControlPayload + 1
 	// readSize is the most a pump reads at a time.
 	readSize = 32 << 10
+	// inlineReads is how many reads a pump does on the poller's loop
+	// before it moves to a goroutine of its own.
+	inlineReads = 8
 )
 
 var bufPool = sync.Pool{New: func() any {
@@ -82,6 +93,9 @@ type side struct {
 	sock *Socket   // under tls
 
 	state atomic.Int32 // pump state
+	// loop is the poller loop the pump runs on, nil when it runs on a
+	// goroutine of its own. Only the pump touches it.
+	loop *poller.Loop
 
 	// read state: what this side sends
 	early     []byte // bytes that arrived with the handshake
@@ -120,8 +134,25 @@ type side struct {
 	bytes atomic.Int64 // bytes received from this side
 }
 
-// Ready implements poller.Handler.
-func (x *side) Ready() { x.schedule() }
+// Ready implements poller.Handler: x's socket has data, or hung up.
+func (x *side) Ready(l *poller.Loop) {
+	for {
+		switch x.state.Load() {
+		case pumpIdle:
+			if x.state.CompareAndSwap(pumpIdle, pumpRunning) {
+				x.loop = l
+				x.pump()
+				return
+			}
+		case pumpRunning:
+			if x.state.CompareAndSwap(pumpRunning, pumpAgain) {
+				return
+			}
+		default:
+			return
+		}
+	}
+}
 
 // schedule makes sure a pump looks at x soon: it starts one, or asks the
 // running one to look again before it stops.
@@ -143,9 +174,19 @@ func (x *side) schedule() {
 	}
 }
 
+// detach is called before the pump of x blocks: if it runs on a poller
+// loop, another goroutine takes the loop over.
+func (x *side) detach() {
+	if x.loop != nil {
+		x.loop.Detach()
+		x.loop = nil
+	}
+}
+
 // pump reads what x has sent and relays it to x.peer, and writes the
 // control frames queued for x.peer. It runs until x has nothing more to
-// read and nobody asked it to look again.
+// read and nobody asked it to look again. On a poller loop it stops after
+// inlineReads reads and carries on on a goroutine of its own.
 func (x *side) pump() {
 	var bp *[]byte
 	defer func() {
@@ -154,16 +195,26 @@ func (x *side) pump() {
 		}
 	}()
 	s := x.s
+	reads := 0
 	for {
 		if s.done.Load() {
+			x.loop = nil
 			x.state.Store(pumpIdle)
 			return
 		}
 		x.flushCtrl()
 		if !x.eof {
+			if x.loop != nil && reads == inlineReads {
+				// Keep the loop's other sockets served: go on elsewhere,
+				// still in the running state.
+				x.loop = nil
+				go x.pump()
+				return
+			}
 			if bp == nil {
 				bp = bufPool.Get().(*[]byte)
 			}
+			reads++
 			if x.readOnce(*bp) {
 				continue
 			}
@@ -175,9 +226,14 @@ func (x *side) pump() {
 			bufPool.Put(bp)
 			bp = nil
 		}
+		// Once idle, another pump may start at any moment: x.loop must be
+		// clear before.
+		l := x.loop
+		x.loop = nil
 		if x.state.CompareAndSwap(pumpRunning, pumpIdle) {
 			return
 		}
+		x.loop = l
 		x.state.Store(pumpRunning)
 	}
 }
@@ -304,7 +360,9 @@ func (x *side) write(b []byte) error {
 		return nil
 	}
 	if x.tls != nil {
-		// A TLS record must go out whole: write blocking.
+		// A TLS record must go out whole: the Socket writes what it can
+		// at once and detaches the writing pump (x.peer's) before it
+		// waits for the rest.
 		if wt := x.s.limits.WriteTimeout; wt > 0 {
 			if err := x.conn.SetWriteDeadline(time.Now().Add(wt)); err != nil {
 				return err
@@ -326,6 +384,9 @@ func (x *side) write(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
+	// The socket is full: wait for the peer to read, which holds up the
+	// pump that feeds it (x's peer's), not its poller.
+	x.peer.detach()
 	if wt := x.s.limits.WriteTimeout; wt > 0 {
 		if err := x.conn.SetWriteDeadline(time.Now().Add(wt)); err != nil {
 			return err

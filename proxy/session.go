@@ -96,6 +96,7 @@ func newSession(srv *Server, clientConn, backendConn net.Conn) (*session, error)
 				return nil, errNotSocket
 			}
 			x.tls, x.sock = tc, sock
+			sock.beforeBlock = x.peer.detach
 			sock.nonblock.Store(true)
 			sc = sock.TCPConn
 		} else if c, ok := x.conn.(syscall.Conn); ok {

@@ -18,19 +18,24 @@ import (
 // read carries on where this one stopped.
 
 // Socket is a TCP connection that can be switched to non-blocking reads.
-// Writes always block (up to their deadline), so TLS records are never
-// written in part. Wrap accepted or dialed connections in it before
+// Writes always go out whole (waiting up to their deadline), so TLS
+// records are never written in part; in non-blocking mode a write first
+// writes what the socket takes at once and calls beforeBlock before it
+// waits for the rest. Wrap accepted or dialed connections in it before
 // handing them to crypto/tls (see WrapListener).
 type Socket struct {
 	*net.TCPConn
 	rc       syscall.RawConn
 	nonblock atomic.Bool
+	// beforeBlock, set before the relay starts, is called by Write before
+	// it waits for the socket to take more.
+	beforeBlock func()
 
-	// the raw read's arguments and results, bound once (see rawRead)
-	readFn func(fd uintptr) bool
-	rbuf   []byte
-	rn     int
-	rerr   error
+	// the raw calls' arguments and results, bound once (see rawRead)
+	readFn, writeFn func(fd uintptr) bool
+	rbuf, wbuf      []byte
+	rn              int
+	rerr, werr      error
 }
 
 // NewSocket wraps c.
@@ -40,7 +45,7 @@ func NewSocket(c *net.TCPConn) (*Socket, error) {
 		return nil, err
 	}
 	s := &Socket{TCPConn: c, rc: rc}
-	s.readFn = s.rawRead
+	s.readFn, s.writeFn = s.rawRead, s.rawWrite
 	return s, nil
 }
 
@@ -85,6 +90,48 @@ func (s *Socket) rawRead(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// Write writes b in full. In non-blocking mode it writes what the socket
+// takes at once and calls beforeBlock before it waits for the rest.
+func (s *Socket) Write(b []byte) (int, error) {
+	if !s.nonblock.Load() || s.beforeBlock == nil {
+		return s.TCPConn.Write(b)
+	}
+	s.wbuf = b
+	err := s.rc.Write(s.writeFn)
+	rest, werr := s.wbuf, s.werr
+	s.wbuf = nil
+	n := len(b) - len(rest)
+	switch {
+	case err != nil:
+		return n, err
+	case werr != nil && werr != unix.EAGAIN:
+		return n, werr
+	case len(rest) == 0:
+		return n, nil
+	}
+	s.beforeBlock()
+	m, err := s.TCPConn.Write(rest)
+	return n + m, err
+}
+
+func (s *Socket) rawWrite(fd uintptr) bool {
+	s.werr = nil
+	for len(s.wbuf) > 0 {
+		n, err := unix.Write(int(fd), s.wbuf)
+		if n > 0 {
+			s.wbuf = s.wbuf[n:]
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			s.werr = err
+			return true
+		}
+	}
+	return true
 }
 
 // socketListener wraps accepted connections in Sockets and TLS.

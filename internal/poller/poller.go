@@ -2,11 +2,18 @@
 // WebSocket session waiting for data holds neither a goroutine nor a buffer.
 //
 // A Poller owns one epoll instance in edge-triggered mode and one goroutine
-// that waits on it. Sockets stay owned by the Go runtime (their net.Conn
-// keeps working as usual, including blocking writes through the runtime's
-// poller); this package only watches their file descriptors. On readiness it
-// calls the registered Handler's Ready method on the poller's goroutine:
-// Ready must not block, it schedules work elsewhere.
+// at a time that waits on it: its event loop. Sockets stay owned by the Go
+// runtime (their net.Conn keeps working as usual, including blocking writes
+// through the runtime's poller); this package only watches their file
+// descriptors. On readiness it calls the registered Handler's Ready method
+// on the loop goroutine.
+//
+// Ready may do its work right there, as an event loop does: that saves a
+// goroutine start and a scheduler hand-off per event, which is most of what
+// a relay spends outside the kernel. Work that may block must not hold up
+// the other descriptors of the poller, so before blocking a handler calls
+// Loop.Detach: a new goroutine takes over the loop at once, with the rest
+// of the batch, and the detached one finishes the handler's work and ends.
 //
 // Add, Remove and Close are safe for concurrent use. Ready may be called
 // after Remove returned for events already taken from the kernel, never for
@@ -28,9 +35,34 @@ import (
 
 // Handler receives readiness notifications.
 type Handler interface {
-	// Ready is called on the poller goroutine when the descriptor may have
-	// become readable, or has hung up or failed. It must not block.
-	Ready()
+	// Ready is called on the loop goroutine l when the descriptor may have
+	// become readable, or has hung up or failed. It must call l.Detach
+	// before anything that may block, and must not keep l once it returns.
+	Ready(l *Loop)
+}
+
+// Loop is the goroutine dispatching a poller's events.
+type Loop struct {
+	p        *Poller
+	events   []unix.EpollEvent
+	ready    []Handler
+	next     int // ready[next:] are still to be dispatched
+	detached bool
+}
+
+// Detach gives the loop to a new goroutine, which dispatches the rest of
+// the batch and goes on waiting for events, while the calling goroutine,
+// once its handler returns, ends. The handler may then block as long as it
+// needs. Detach must be called from the handler, on the loop goroutine;
+// calling it again does nothing.
+func (l *Loop) Detach() {
+	if l.detached {
+		return
+	}
+	l.detached = true
+	l.p.detaches.Add(1)
+	nl := &Loop{p: l.p, events: l.events, ready: l.ready, next: l.next}
+	go l.p.run(nl)
 }
 
 // ErrClosed is returned by Add after Close.
@@ -54,11 +86,12 @@ type Poller struct {
 	file *os.File // epfd, registered with the Go runtime's poller
 	rc   syscall.RawConn
 
-	mu     sync.RWMutex
-	slots  []slot
-	free   []uint32
-	closed atomic.Bool
-	done   chan struct{}
+	mu       sync.RWMutex
+	slots    []slot
+	free     []uint32
+	closed   atomic.Bool
+	done     chan struct{}
+	detaches atomic.Int64
 }
 
 // New creates a poller and starts its goroutine.
@@ -84,7 +117,7 @@ func New() (*Poller, error) {
 		return nil, fmt.Errorf("poller: %w", err)
 	}
 	p := &Poller{epfd: epfd, file: f, rc: rc, done: make(chan struct{})}
-	go p.waitLoop()
+	go p.run(&Loop{p: p, events: make([]unix.EpollEvent, 256), ready: make([]Handler, 0, 256)})
 	return p, nil
 }
 
@@ -159,19 +192,30 @@ func (p *Poller) Close() error {
 	return err
 }
 
-// waitLoop is the poller goroutine: it takes events without blocking,
-// hands each to its handler, and parks on the runtime's poller when there
-// are none.
-func (p *Poller) waitLoop() {
-	defer close(p.done)
-	events := make([]unix.EpollEvent, 256)
-	ready := make([]Handler, 0, 256)
+// Detaches reports how many times a handler gave the loop away before
+// blocking.
+func (p *Poller) Detaches() int64 { return p.detaches.Load() }
+
+// run is the loop goroutine: it dispatches what is left of l's batch, then
+// takes events without blocking, hands each to its handler, and parks on
+// the runtime's poller when there are none. It returns when the poller
+// closes or a handler detached it.
+func (p *Poller) run(l *Loop) {
 	for {
+		for l.next < len(l.ready) {
+			h := l.ready[l.next]
+			l.ready[l.next] = nil
+			l.next++
+			h.Ready(l)
+			if l.detached {
+				return // l's slices belong to the new loop now
+			}
+		}
 		var n int
 		var werr error
 		err := p.rc.Read(func(fd uintptr) bool {
 			for {
-				n, werr = unix.EpollWait(int(fd), events, 0)
+				n, werr = unix.EpollWait(int(fd), l.events, 0)
 				if werr != unix.EINTR {
 					break
 				}
@@ -179,22 +223,19 @@ func (p *Poller) waitLoop() {
 			return n > 0 || werr != nil
 		})
 		if err != nil || werr != nil || p.closed.Load() {
+			close(p.done)
 			return
 		}
-		ready = ready[:0]
+		l.ready, l.next = l.ready[:0], 0
 		p.mu.RLock()
 		for i := 0; i < n; i++ {
-			token := getToken(&events[i])
+			token := getToken(&l.events[i])
 			idx, gen := uint32(token), uint32(token>>32)
 			if int(idx) < len(p.slots) && p.slots[idx].gen == gen && p.slots[idx].h != nil {
-				ready = append(ready, p.slots[idx].h)
+				l.ready = append(l.ready, p.slots[idx].h)
 			}
 		}
 		p.mu.RUnlock()
-		for i, h := range ready {
-			h.Ready()
-			ready[i] = nil
-		}
 	}
 }
 

@@ -10,7 +10,7 @@ import (
 
 type chanHandler chan struct{}
 
-func (c chanHandler) Ready() {
+func (c chanHandler) Ready(*Loop) {
 	select {
 	case c <- struct{}{}:
 	default:
@@ -141,5 +141,60 @@ func TestCloseStopsGoroutine(t *testing.T) {
 	}
 	if _, err := g.pollers[0].Add(0, make(chanHandler)); err != ErrClosed {
 		t.Fatalf("Add after Close: %v", err)
+	}
+}
+
+// blockingHandler detaches the loop and then blocks until released.
+type blockingHandler struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHandler) Ready(l *Loop) {
+	l.Detach()
+	l.Detach() // a second call does nothing
+	h.entered <- struct{}{}
+	<-h.release
+}
+
+// A handler that detached and blocks holds up neither the rest of its
+// batch nor later events.
+func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a1, b1 := pair(t)
+	a2, b2 := pair(t)
+	bh := &blockingHandler{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if _, err := p.Add(fdOf(t, b1), bh); err != nil {
+		t.Fatal(err)
+	}
+	h := make(chanHandler, 1)
+	if _, err := p.Add(fdOf(t, b2), h); err != nil {
+		t.Fatal(err)
+	}
+	// Both in one batch, most likely; either way the second must be seen
+	// while the first blocks.
+	a1.Write([]byte("x"))
+	a2.Write([]byte("y"))
+	<-bh.entered
+	wait(t, h, true)
+	a2.Write([]byte("z"))
+	wait(t, h, true)
+	if got := p.Detaches(); got != 1 {
+		t.Fatalf("Detaches = %d, want 1", got)
+	}
+	close(bh.release)
+	before := runtime.NumGoroutine()
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() >= before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
