@@ -395,12 +395,16 @@ type dialError struct{ err error }
 func (e *dialError) Error() string { return e.err.Error() }
 func (e *dialError) Unwrap() error { return e.err }
 
+// backendDialer dials backends without TCP keep-alive: the relay's own
+// pings and read timeout find a dead backend, and keep-alive would cost four
+// setsockopt calls per session.
+var backendDialer = net.Dialer{KeepAlive: -1}
+
 // handshakeBackend connects to addr and sends the opening handshake. It
 // returns the connection and the backend's answer.
 // With tlsConfig it speaks TLS (wss) to the backend.
 func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, request []byte) (net.Conn, *backendAnswer, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
+	conn, err := backendDialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, &dialError{err}
 	}

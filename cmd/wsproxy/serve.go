@@ -120,7 +120,11 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		}
 	}
 	for i, l := range cfg.Listeners {
-		ln, err := net.Listen("tcp", l.Address)
+		// No TCP keep-alive on client connections: WebSocket sessions
+		// have the proxy's pings and read timeout, plain HTTP its idle
+		// timeout, and keep-alive costs four setsockopt calls per
+		// connection.
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", l.Address)
 		if err != nil {
 			closeAll()
 			fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)

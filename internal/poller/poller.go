@@ -153,14 +153,16 @@ func (p *Poller) Add(fd int, h Handler) (Registration, error) {
 	return Registration{p: p, fd: fd, token: token}, nil
 }
 
-// Remove stops watching. It must be called before the descriptor is closed.
+// Remove stops calling the handler. It must be called before the
+// descriptor is closed, and the descriptor must then be closed: the kernel
+// drops the registration itself when the socket is released, which saves
+// an epoll_ctl call per socket. Until then its events are ignored, since
+// they carry the old registration's generation, and a reused descriptor
+// number is a new registration of its own.
 func (r Registration) Remove() {
 	if r.p == nil {
 		return
 	}
-	// The kernel drops the registration itself when the descriptor closes;
-	// deleting first keeps a reused descriptor number from ever matching.
-	_ = unix.EpollCtl(r.p.epfd, unix.EPOLL_CTL_DEL, r.fd, nil)
 	r.p.release(r.token)
 }
 

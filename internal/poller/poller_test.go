@@ -112,12 +112,18 @@ func TestRemovedRegistrationIsSilent(t *testing.T) {
 	reg.Remove()
 	a.Write([]byte("x"))
 	wait(t, h, false)
-	// The slot is reused with a new generation.
+	b.Close() // the kernel drops the registration
+	// The slot is reused with a new generation; the descriptor number may
+	// be too.
+	a2, b2 := pair(t)
 	h2 := make(chanHandler, 1)
-	if _, err := p.Add(fdOf(t, b), h2); err != nil {
+	if _, err := p.Add(fdOf(t, b2), h2); err != nil {
 		t.Fatal(err)
 	}
-	a.Write([]byte("z"))
+	if p.Len() != 1 {
+		t.Fatalf("Len %d", p.Len())
+	}
+	a2.Write([]byte("z"))
 	wait(t, h2, true)
 	wait(t, h, false)
 }
