@@ -268,7 +268,7 @@ var (
 	descViolations = prometheus.NewDesc("wsproxy_protocol_violations_total",
 		"Sessions failed because a peer broke RFC 6455 or a limit, by peer.", []string{"peer"}, nil)
 	descTimeouts = prometheus.NewDesc("wsproxy_session_timeouts_total",
-		"Sessions closed by the read or idle timeout.", []string{"timeout"}, nil)
+		"Sessions closed by the read, idle or write timeout.", []string{"timeout"}, nil)
 	descHealthy = prometheus.NewDesc("wsproxy_backend_healthy",
 		"1 if the backend passes its health checks, else 0.", []string{"backend"}, nil)
 	descWeight = prometheus.NewDesc("wsproxy_backend_weight",
@@ -410,6 +410,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descViolations, st.ViolationsBackend.Load(), "backend")
 	counter(descTimeouts, st.ReadTimeouts.Load(), "read")
 	counter(descTimeouts, st.IdleTimeouts.Load(), "idle")
+	counter(descTimeouts, st.WriteTimeouts.Load(), "write")
 	counter(descHTTPBackendErrors, st.HTTPBackendErrors.Load())
 	counter(descNoRoute, st.HTTPNoRoute.Load())
 

@@ -116,6 +116,7 @@ type side struct {
 	closeFlushed atomic.Bool // ... and written
 	closeRecv    atomic.Bool // this side sent a Close frame
 	gone         atomic.Bool // this side cannot be written to any more
+	stalled      atomic.Bool // ... because it accepted nothing for write_timeout
 
 	lastRead atomic.Int64 // monotonic ns of the last bytes read
 	lastPing atomic.Int64 // monotonic ns of the last ping the proxy sent

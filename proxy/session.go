@@ -246,9 +246,18 @@ func (s *session) sideGone(x *side, err error) {
 			s.finish()
 			return
 		}
-		if x.kind == backendSide {
+		stalled := x.stalled.Load()
+		if stalled {
+			s.srv.countTimeout("write")
+		}
+		switch {
+		case x.kind == backendSide && stalled:
+			s.sendClose(y, wsframe.CloseBadGateway, "backend stopped reading")
+		case x.kind == backendSide:
 			s.sendClose(y, wsframe.CloseBadGateway, "backend went away")
-		} else {
+		case stalled:
+			s.sendClose(y, wsframe.CloseGoingAway, "client stopped reading")
+		default:
 			s.sendClose(y, wsframe.CloseGoingAway, "client went away")
 		}
 	}
@@ -257,6 +266,9 @@ func (s *session) sideGone(x *side, err error) {
 
 // writeFailed handles an error writing to x: nothing more can reach it.
 func (s *session) writeFailed(x *side, err error) {
+	if isTimeout(err) {
+		x.stalled.Store(true)
+	}
 	x.gone.Store(true)
 	s.sideGone(x, err)
 }
@@ -294,6 +306,9 @@ func (s *session) finish() {
 	defer s.regMu.Unlock()
 	for _, x := range []*side{&s.client, &s.backend} {
 		x.reg.Remove()
+		if x.stalled.Load() {
+			x.abort()
+		}
 		if x.sock != nil {
 			// The WebSocket closing handshake is done; a TLS
 			// close_notify could block on a peer that stopped reading.
@@ -304,6 +319,19 @@ func (s *session) finish() {
 	}
 	s.srv.metrics.retire(s) // unregisters
 	s.srv.sessionEnded(s)
+}
+
+// abort makes closing x reset the connection: the bytes the kernel still
+// holds for a peer that stopped reading are dropped at once instead of
+// being retried for minutes, as nginx's reset_timedout_connection does.
+func (x *side) abort() {
+	tc, ok := x.conn.(*net.TCPConn)
+	if x.sock != nil {
+		tc, ok = x.sock.TCPConn, true
+	}
+	if ok {
+		_ = tc.SetLinger(0)
+	}
 }
 
 // tick runs the session's timeouts and pings.

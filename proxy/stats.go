@@ -34,10 +34,13 @@ type Stats struct {
 	ViolationsBackend       atomic.Int64
 	ReadTimeouts            atomic.Int64
 	IdleTimeouts            atomic.Int64
-	PingsClient             atomic.Int64
-	PingsBackend            atomic.Int64
-	PongsClient             atomic.Int64
-	PongsBackend            atomic.Int64
+	// WriteTimeouts counts sessions ended because a peer accepted no
+	// bytes for write_timeout.
+	WriteTimeouts atomic.Int64
+	PingsClient   atomic.Int64
+	PingsBackend  atomic.Int64
+	PongsClient   atomic.Int64
+	PongsBackend  atomic.Int64
 	// LastPongRTT is the round trip of the latest answered proxy ping, ns.
 	LastPongRTT atomic.Int64
 }
@@ -51,9 +54,12 @@ func (s *Server) countViolation(k sideKind, reason string) {
 }
 
 func (s *Server) countTimeout(which string) {
-	if which == "read" {
+	switch which {
+	case "read":
 		s.stats.ReadTimeouts.Add(1)
-	} else {
+	case "write":
+		s.stats.WriteTimeouts.Add(1)
+	default:
 		s.stats.IdleTimeouts.Add(1)
 	}
 }
