@@ -64,6 +64,12 @@ func checkUpgrade(h *fasthttp.RequestHeader) *upgradeError {
 	if !anyHasToken(h.PeekAll("Connection"), "upgrade") {
 		return &upgradeError{fasthttp.StatusBadRequest, "websocket: the Connection header must contain the upgrade token"}
 	}
+	keys := h.PeekAll("Sec-WebSocket-Key")
+	if len(keys) > 1 {
+		// RFC 6455 section 11.3.1: it must not appear more than once; a
+		// proxy and its backend could otherwise read different keys.
+		return &upgradeError{fasthttp.StatusBadRequest, "websocket: Sec-WebSocket-Key must appear once"}
+	}
 	key := bytes.TrimSpace(h.Peek("Sec-WebSocket-Key"))
 	var decoded [18]byte
 	if len(key) != 24 {

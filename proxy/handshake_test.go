@@ -52,6 +52,7 @@ func TestHandshakeValidation(t *testing.T) {
 		{"no upgrade token", strings.Replace(valid, "Connection: Upgrade", "Connection: keep-alive", 1), 400, "Connection"},
 		{"key not 16 bytes", strings.Replace(valid, "Sec-WebSocket-Key: ", "Sec-WebSocket-Key: AAAA", 1), 400, "Sec-WebSocket-Key"},
 		{"no key", removeLine(valid, "Sec-WebSocket-Key"), 400, "Sec-WebSocket-Key"},
+		{"two keys", strings.Replace(valid, "Sec-WebSocket-Version: 13", "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", 1), 400, "must appear once"},
 		{"version 8", strings.Replace(valid, "Version: 13", "Version: 8", 1), 426, "version 13"},
 		{"no version", removeLine(valid, "Sec-WebSocket-Version"), 426, "version 13"},
 	} {

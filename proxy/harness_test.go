@@ -35,6 +35,8 @@ type testBackend struct {
 	// requests if reject is true.
 	onHTTP func(ctx *fasthttp.RequestCtx)
 	reject bool
+	// forget, when set, keeps no record of upgrades (long soak runs).
+	forget bool
 
 	mu       sync.Mutex
 	headers  []http.Header // request headers of each upgrade
@@ -75,12 +77,14 @@ func (b *testBackend) handle(ctx *fasthttp.RequestCtx) {
 		ctx.SetBodyString(b.name)
 		return
 	}
-	h := http.Header{}
-	ctx.Request.Header.VisitAll(func(k, v []byte) { h.Add(string(k), string(v)) })
-	b.mu.Lock()
-	b.headers = append(b.headers, h)
-	b.conns++
-	b.mu.Unlock()
+	if !b.forget {
+		h := http.Header{}
+		ctx.Request.Header.VisitAll(func(k, v []byte) { h.Add(string(k), string(v)) })
+		b.mu.Lock()
+		b.headers = append(b.headers, h)
+		b.conns++
+		b.mu.Unlock()
+	}
 	_ = b.upgrader.Upgrade(ctx, func(c *websocket.Conn) {
 		defer c.Close()
 		if b.onConn != nil {
