@@ -326,7 +326,7 @@ func (x *side) readTLS(b []byte) (int, error) {
 // bound once per side, so that reads allocate no closure.
 func (x *side) rawRead(fd uintptr) bool {
 	for {
-		x.rn, x.rerr = unix.Read(int(fd), x.rbuf)
+		x.rn, x.rerr = rawRead(int(fd), x.rbuf)
 		if x.rerr != unix.EINTR {
 			return true
 		}
@@ -338,7 +338,7 @@ func (x *side) rawRead(fd uintptr) bool {
 func (x *side) rawWrite(fd uintptr) bool {
 	x.werr = nil
 	for len(x.wbuf) > 0 {
-		n, err := unix.Write(int(fd), x.wbuf)
+		n, err := rawWrite(int(fd), x.wbuf)
 		if n > 0 {
 			x.wbuf = x.wbuf[n:]
 		}
