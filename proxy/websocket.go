@@ -276,10 +276,14 @@ func drainBuffered(c net.Conn) ([]byte, error) {
 		return nil, err
 	}
 	var early []byte
-	var buf [4096]byte
+	bp := bufPool.Get().(*[]byte) // a stack array would escape through Read
+	defer bufPool.Put(bp)
+	buf := *bp
 	for {
-		n, err := c.Read(buf[:])
-		early = append(early, buf[:n]...)
+		n, err := c.Read(buf)
+		if n > 0 {
+			early = append(early, buf[:n]...)
+		}
 		if err != nil {
 			if !isTimeout(err) {
 				return nil, err
