@@ -104,6 +104,13 @@ type Limits struct {
 	// message, counted over its fragments. Accepts sizes like 64KiB, 1MiB.
 	// Default 1MiB.
 	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	// MaxMessagesPerSecond closes a session (1008) whose client sends
+	// data messages faster than this on average; 0 turns it off.
+	// Default 0.
+	MaxMessagesPerSecond float64 `yaml:"max_messages_per_second"`
+	// MessageBurst is how many messages a client may send at once on top
+	// of the rate. Default 0: the rate, rounded up.
+	MessageBurst int `yaml:"message_burst"`
 	// DrainTimeout is the window over which drained sessions are closed
 	// (scale-down, removed routes, shutdown). Default 30s.
 	DrainTimeout time.Duration `yaml:"drain_timeout"`

@@ -39,6 +39,7 @@ func TestBadFiles(t *testing.T) {
 		{"bad-tls-no-certs.yaml", 5, "listeners[1].tls.certificates", "needs at least one certificate"},
 		{"bad-admin-clash.yaml", 5, "admin.address", "clashes with listeners[0]"},
 		{"bad-drain-close-code.yaml", 9, "defaults.drain_close_code", "1000 is not allowed"},
+		{"bad-message-rate.yaml", 9, "routes[0].max_messages_per_second", "must not be negative"},
 		{"bad-trusted-proxy.yaml", 6, "trusted_proxies[0]", `bad CIDR "10.0.0.0/33"`},
 		{"bad-health-type.yaml", 19, "pools.chat.health.type", `unknown type "grpc"`},
 		{"bad-yaml-syntax.yaml", 18, "", "invalid YAML"},

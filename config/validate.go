@@ -174,6 +174,12 @@ func (d *decoder) validateLimits(path string, l Limits) {
 	if l.MaxMessageBytes <= 0 {
 		d.failAt(join(path, "max_message_bytes"), "must be above 0")
 	}
+	if l.MaxMessagesPerSecond < 0 {
+		d.failAt(join(path, "max_messages_per_second"), "must not be negative (0 turns the limit off)")
+	}
+	if l.MessageBurst < 0 {
+		d.failAt(join(path, "message_burst"), "must not be negative (0 means the rate, rounded up)")
+	}
 	if l.PingInterval > 0 && l.ReadTimeout > 0 && l.PingInterval >= l.ReadTimeout {
 		d.failAt(join(path, "ping_interval"), "%v is not below read_timeout (%v): a silent but live peer would be cut off before it is pinged", l.PingInterval, l.ReadTimeout)
 	}

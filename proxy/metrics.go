@@ -267,6 +267,8 @@ var (
 		"Answers to the proxy's pings, by peer.", []string{"peer"}, nil)
 	descViolations = prometheus.NewDesc("wsproxy_protocol_violations_total",
 		"Sessions failed because a peer broke RFC 6455 or a limit, by peer.", []string{"peer"}, nil)
+	descRateLimited = prometheus.NewDesc("wsproxy_message_rate_limited_total",
+		"Sessions closed (1008) because the client sent messages above its route's max_messages_per_second.", nil, nil)
 	descTimeouts = prometheus.NewDesc("wsproxy_session_timeouts_total",
 		"Sessions closed by the read, idle or write timeout.", []string{"timeout"}, nil)
 	descHealthy = prometheus.NewDesc("wsproxy_backend_healthy",
@@ -294,7 +296,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRouteLive, descRouteSessions, descBackendLive, descDraining, descHandshakes,
 		descMessages, descBytes, descBackendMessages, descBackendBytes, descCloses,
-		descPings, descPongs, descViolations, descTimeouts, descHealthy, descWeight,
+		descPings, descPongs, descViolations, descRateLimited, descTimeouts, descHealthy, descWeight,
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
 	} {
 		ch <- d
@@ -408,6 +410,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descPongs, st.PongsBackend.Load(), "backend")
 	counter(descViolations, st.ViolationsClient.Load(), "client")
 	counter(descViolations, st.ViolationsBackend.Load(), "backend")
+	counter(descRateLimited, st.MessageRateLimited.Load())
 	counter(descTimeouts, st.ReadTimeouts.Load(), "read")
 	counter(descTimeouts, st.IdleTimeouts.Load(), "idle")
 	counter(descTimeouts, st.WriteTimeouts.Load(), "write")

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -105,6 +106,10 @@ type side struct {
 	msgOpen   bool
 	msgBytes  int64
 	eof       bool // nothing more can be read (EOF, error or given up)
+	// message rate limit (client side): a token bucket of burst messages
+	// refilled at rate per second; rate 0 turns it off
+	rate, burst, tokens float64
+	tokensAt            int64 // monotonic ns of the last refill
 
 	// write state: what is sent to this side
 	midFrame atomic.Bool // the bytes written so far end inside a frame
@@ -490,6 +495,11 @@ func (x *side) relay(buf []byte, p, end int) {
 				return
 			}
 			x.msgBytes = h.Length
+			if x.rate > 0 && !x.allowMessage() {
+				x.forward(buf[fw:p], false)
+				s.rateLimited(x)
+				return
+			}
 		}
 		x.msgOpen = !h.Fin
 		if h.Fin {
@@ -519,6 +529,36 @@ func (x *side) relay(buf []byte, p, end int) {
 		s.lastData.Store(monoNow())
 	}
 	x.forward(buf[fw:p], x.remaining > 0 && !x.drop)
+}
+
+// limitRate sets x's message rate limit: perSecond messages on average,
+// burst at once (0: perSecond rounded up).
+func (x *side) limitRate(perSecond float64, burst int) {
+	if perSecond <= 0 {
+		return
+	}
+	x.rate = perSecond
+	x.burst = float64(burst)
+	if burst <= 0 {
+		x.burst = math.Ceil(perSecond)
+	}
+	x.tokens = x.burst
+	x.tokensAt = monoNow()
+}
+
+// allowMessage takes a token for a new message from x, as of its latest
+// read.
+func (x *side) allowMessage() bool {
+	now := x.lastRead.Load()
+	if el := now - x.tokensAt; el > 0 {
+		x.tokens = min(x.burst, x.tokens+float64(el)*x.rate/1e9)
+		x.tokensAt = now
+	}
+	if x.tokens < 1 {
+		return false
+	}
+	x.tokens--
+	return true
 }
 
 // forward writes a run of x's bytes to its peer and records whether the

@@ -214,6 +214,24 @@ func (s *session) violation(x *side, code int, reason string) {
 	s.maybeFinish()
 }
 
+// rateLimited closes the session after x, the client, sent messages
+// faster than its route allows: it gets 1008 and is not read any more, so
+// the backend never sees the flood; the backend gets a graceful close.
+func (s *session) rateLimited(x *side) {
+	x.eof = true
+	s.srv.stats.MessageRateLimited.Add(1)
+	s.srv.log.Info("message rate limit exceeded", zap.String("route", s.route), zap.String("client", s.peer),
+		zap.Float64("max_messages_per_second", x.rate), zap.Float64("burst", x.burst))
+	if s.closedBy.CompareAndSwap(closedByNone, closedByProxy) {
+		s.closeCode.Store(wsframe.ClosePolicyViolation)
+	}
+	s.beginClosing()
+	x.closeRecv.Store(true)
+	s.sendClose(x, wsframe.ClosePolicyViolation, "message rate limit exceeded")
+	s.sendClose(x.peer, wsframe.CloseGoingAway, "client exceeded the message rate limit")
+	s.maybeFinish()
+}
+
 // tooBig closes the session after x sent a message over the limit.
 func (s *session) tooBig(x *side) {
 	s.srv.countViolation(x.kind, "message too big")

@@ -32,8 +32,11 @@ type Stats struct {
 	SessionsDraining        atomic.Int64
 	ViolationsClient        atomic.Int64
 	ViolationsBackend       atomic.Int64
-	ReadTimeouts            atomic.Int64
-	IdleTimeouts            atomic.Int64
+	// MessageRateLimited counts sessions closed for exceeding their
+	// route's message rate.
+	MessageRateLimited atomic.Int64
+	ReadTimeouts       atomic.Int64
+	IdleTimeouts       atomic.Int64
 	// WriteTimeouts counts sessions ended because a peer accepted no
 	// bytes for write_timeout.
 	WriteTimeouts atomic.Int64

@@ -242,6 +242,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	ss.exact = hi.exact
 	ss.pool = hi.pool
 	ss.limits = hi.limits
+	ss.client.limitRate(hi.limits.MaxMessagesPerSecond, hi.limits.MessageBurst)
 	ss.upstream = hi.upstream
 	ss.rm, ss.bm = hi.rm, hi.bm
 	ss.peer = hi.peer
