@@ -24,6 +24,8 @@ type Config struct {
 	// TrustedProxies are the peers whose X-Forwarded-For and Forwarded
 	// headers are believed, as CIDRs or single addresses. Default none.
 	TrustedProxies []netip.Prefix `yaml:"trusted_proxies"`
+	// Admission caps sessions and handshakes server-wide.
+	Admission Admission `yaml:"admission"`
 	// Defaults are the limits of every route that does not override them.
 	Defaults Limits `yaml:"defaults"`
 	// Routes map request paths to pools.
@@ -83,6 +85,38 @@ type Log struct {
 	AccessLogSample float64 `yaml:"access_log_sample"`
 }
 
+// Admission caps who gets in: live sessions and handshake rates, counted
+// server-wide. A client address is an IPv4 address or an IPv6 /64 (one
+// host's share of a network); behind trusted_proxies it is the address
+// they forward.
+type Admission struct {
+	// MaxSessions caps live WebSocket sessions, handshakes in progress
+	// included; beyond it an upgrade gets 503 with Retry-After. 0
+	// (default) means what the open-files limit allows: each session
+	// holds two descriptors, and a twentieth of the limit is kept for
+	// everything else.
+	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerIP caps the live sessions of one client address;
+	// beyond it an upgrade gets 429 with Retry-After. 0 (default) turns it
+	// off.
+	MaxSessionsPerIP int `yaml:"max_sessions_per_ip"`
+	// HandshakesPerSecondPerIP is how many upgrade requests one client
+	// address may make per second on average; above it they get 429 with
+	// Retry-After. 0 (default) turns it off.
+	HandshakesPerSecondPerIP float64 `yaml:"handshakes_per_second_per_ip"`
+	// HandshakeBurstPerIP is how many upgrades a client address may make
+	// at once on top of the rate. Default 0: the rate, rounded up.
+	HandshakeBurstPerIP int `yaml:"handshake_burst_per_ip"`
+	// MaxHeaderBytes bounds a request's line and headers together; a
+	// longer head gets 431. Accepts sizes like 8KiB. Default 8KiB. Read
+	// at start: a reload does not change it.
+	MaxHeaderBytes int64 `yaml:"max_header_bytes"`
+	// RetryAfter is what a client refused by max_sessions or a route's
+	// max_sessions is told to wait, spread at random up to twice as long
+	// so that refused clients do not come back together. Default 5s.
+	RetryAfter time.Duration `yaml:"retry_after"`
+}
+
 // Limits are the timeouts and limits of a route.
 type Limits struct {
 	// HandshakeTimeout bounds reading the client's handshake and the
@@ -133,6 +167,10 @@ type Route struct {
 	// AllowedOrigins are the origins (scheme://host[:port]) browsers may
 	// open WebSockets from; empty allows any.
 	AllowedOrigins []string `yaml:"allowed_origins"`
+	// MaxSessions caps the route's live sessions, handshakes in progress
+	// included; beyond it an upgrade gets 503 with Retry-After. 0
+	// (default) means no cap of its own.
+	MaxSessions int `yaml:"max_sessions"`
 	// Limits are the defaults with this route's overrides: any key of
 	// defaults may appear on a route.
 	Limits Limits `yaml:",inline"`
@@ -243,6 +281,10 @@ func defaults() *Config {
 	return &Config{
 		Admin: Admin{Address: "127.0.0.1:9090"},
 		Log:   Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
+		Admission: Admission{
+			MaxHeaderBytes: 8 << 10,
+			RetryAfter:     5 * time.Second,
+		},
 		Defaults: Limits{
 			HandshakeTimeout: 10 * time.Second,
 			IdleTimeout:      10 * time.Minute,

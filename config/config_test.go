@@ -44,6 +44,7 @@ func TestBadFiles(t *testing.T) {
 		{"bad-health-type.yaml", 19, "pools.chat.health.type", `unknown type "grpc"`},
 		{"bad-yaml-syntax.yaml", 18, "", "invalid YAML"},
 		{"bad-access-log-sample.yaml", 4, "log.access_log_sample", "1.5 is not a fraction"},
+		{"bad-header-bytes.yaml", 6, "admission.max_header_bytes", "512 is out of range"},
 	}
 	files, _ := filepath.Glob(testdata + "bad-*.yaml")
 	if len(files) != len(cases) {
@@ -95,6 +96,33 @@ func TestEveryErrorReported(t *testing.T) {
 	}
 }
 
+func TestAdmissionErrors(t *testing.T) {
+	_, err := Load(testdata + "many-admission-errors.yaml")
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load = %v, want Errors", err)
+	}
+	want := []struct {
+		line int
+		key  string
+		msg  string
+	}{
+		{5, "admission.max_sessions", "must not be negative"},
+		{7, "admission.handshakes_per_second_per_ip", "must not be negative"},
+		{8, "admission.max_header_bytes", "100 is out of range"},
+		{9, "admission.retry_after", "500ms is too short"},
+		{13, "routes[0].max_sessions", "must not be negative"},
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(want), err)
+	}
+	for i, w := range want {
+		if errs[i].Line != w.line || errs[i].Key != w.key || !strings.Contains(errs[i].Msg, w.msg) {
+			t.Errorf("error %d: got %v, want line %d key %s containing %q", i, errs[i], w.line, w.key, w.msg)
+		}
+	}
+}
+
 func TestExampleAndGoodFiles(t *testing.T) {
 	files, _ := filepath.Glob(testdata + "good-*.yaml")
 	files = append(files, "../config.example.yaml")
@@ -138,6 +166,10 @@ func TestRouteOverridesDefaults(t *testing.T) {
 	}
 	if ticker.PingInterval != 0 || ticker.IdleTimeout != time.Hour || ticker.MaxMessageBytes != 64<<10 {
 		t.Errorf("ticker limits = %+v", ticker)
+	}
+	want := Admission{MaxSessions: 50000, MaxSessionsPerIP: 100, HandshakesPerSecondPerIP: 2.5, HandshakeBurstPerIP: 20, MaxHeaderBytes: 16 << 10, RetryAfter: 10 * time.Second}
+	if c.Admission != want || c.Routes[0].MaxSessions != 20000 || c.Routes[1].MaxSessions != 0 {
+		t.Errorf("admission = %+v, route caps %d %d", c.Admission, c.Routes[0].MaxSessions, c.Routes[1].MaxSessions)
 	}
 	if k := c.Routes[0].HashKey; k != (HashKey{Kind: HashHeader, Name: "X-User-Id"}) {
 		t.Errorf("hash key = %+v", k)

@@ -355,7 +355,7 @@ func fieldsOf(t reflect.Type) map[string]field {
 			continue
 		}
 		kind := ""
-		if f.Name == "MaxMessageBytes" {
+		if f.Name == "MaxMessageBytes" || f.Name == "MaxHeaderBytes" {
 			kind = "size"
 		}
 		out[name] = field{index: []int{i}, kind: kind}

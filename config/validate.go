@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // maxWeight is the largest backend weight accepted.
@@ -33,6 +34,7 @@ func (d *decoder) validate() {
 	if !(c.Log.AccessLogSample >= 0 && c.Log.AccessLogSample <= 1) { // also refuses NaN
 		d.failAt("log.access_log_sample", "%v is not a fraction: want a number from 0 to 1", c.Log.AccessLogSample)
 	}
+	d.validateAdmission()
 	d.validateLimits("defaults", c.Defaults)
 	d.validateRoutes()
 	for _, name := range c.PoolNames() {
@@ -164,6 +166,36 @@ func (d *decoder) validateAdmin() {
 	}
 }
 
+// Bounds of admission.max_header_bytes: a browser's handshake with a few
+// cookies needs about 1 KiB; fasthttp holds a buffer this size per
+// connection while it reads a request.
+const (
+	minHeaderBytes = 1 << 10
+	maxHeaderBytes = 1 << 20
+)
+
+func (d *decoder) validateAdmission() {
+	a := d.cfg.Admission
+	if a.MaxSessions < 0 {
+		d.failAt("admission.max_sessions", "must not be negative (0 means what the open-files limit allows)")
+	}
+	if a.MaxSessionsPerIP < 0 {
+		d.failAt("admission.max_sessions_per_ip", "must not be negative (0 turns the cap off)")
+	}
+	if !(a.HandshakesPerSecondPerIP >= 0) {
+		d.failAt("admission.handshakes_per_second_per_ip", "must not be negative (0 turns the limit off)")
+	}
+	if a.HandshakeBurstPerIP < 0 {
+		d.failAt("admission.handshake_burst_per_ip", "must not be negative (0 means the rate, rounded up)")
+	}
+	if a.MaxHeaderBytes < minHeaderBytes || a.MaxHeaderBytes > maxHeaderBytes {
+		d.failAt("admission.max_header_bytes", "%d is out of range: want 1KiB to 1MiB", a.MaxHeaderBytes)
+	}
+	if a.RetryAfter < time.Second {
+		d.failAt("admission.retry_after", "%v is too short: Retry-After counts whole seconds, want at least 1s", a.RetryAfter)
+	}
+}
+
 func (d *decoder) validateLimits(path string, l Limits) {
 	if l.HandshakeTimeout <= 0 {
 		d.failAt(join(path, "handshake_timeout"), "must be above 0")
@@ -227,6 +259,9 @@ func (d *decoder) validateRoutes() {
 			if err := checkOrigin(o); err != nil {
 				d.failAt(fmt.Sprintf("%s.allowed_origins[%d]", path, j), "%v", err)
 			}
+		}
+		if r.MaxSessions < 0 {
+			d.failAt(path+".max_sessions", "must not be negative (0 means no cap of its own)")
 		}
 		d.validateRouteLimits(path, r.Limits)
 	}

@@ -83,9 +83,12 @@ func (f *flowCounters) fold(ss *session) {
 // routeMetrics are the totals of one route path. A route's plain HTTP
 // requests count here directly: there is one add per request.
 type routeMetrics struct {
-	path    string
-	live    atomic.Int64 // sessions started and not yet retired
-	started atomic.Int64
+	path string
+	live atomic.Int64 // sessions started and not yet retired
+	// admitted counts the route's admission tickets: live sessions and
+	// handshakes in progress.
+	admitted atomic.Int64
+	started  atomic.Int64
 	flowCounters
 	closes [closeOther + 1][len(closedByLabels)]atomic.Int64
 	http   [len(statusClassLabels)]atomic.Int64
@@ -251,6 +254,18 @@ var (
 		"Sessions waiting for their drain close (scale-down, removed routes, drained backends, shutdown).", nil, nil)
 	descHandshakes = prometheus.NewDesc("wsproxy_handshakes_total",
 		"WebSocket upgrade requests by outcome.", []string{"outcome"}, nil)
+	descLimited = prometheus.NewDesc("wsproxy_handshakes_limited_total",
+		"Upgrades refused by an admission limit (503 or 429 with Retry-After), by limit.", []string{"limit"}, nil)
+	descSessionLimit = prometheus.NewDesc("wsproxy_session_limit",
+		"Live sessions the proxy admits: admission.max_sessions, or what the open-files limit allows.", nil, nil)
+	descAdmitted = prometheus.NewDesc("wsproxy_sessions_admitted",
+		"Sessions counted against the session limit: live ones and handshakes in progress.", nil, nil)
+	descTracked = prometheus.NewDesc("wsproxy_admission_tracked_addresses",
+		"Client addresses in the per-address admission table.", nil, nil)
+	descUntracked = prometheus.NewDesc("wsproxy_admission_untracked_total",
+		"Upgrades that skipped the per-address handshake rate because the address table was full.", nil, nil)
+	descUnreadable = prometheus.NewDesc("wsproxy_requests_unreadable_total",
+		"Requests refused before routing: head over admission.max_header_bytes (431), not received within handshake_timeout (408), or malformed (400).", []string{"reason"}, nil)
 	descMessages = prometheus.NewDesc("wsproxy_messages_total",
 		"Data messages relayed, by route and direction.", []string{"route", "direction"}, nil)
 	descBytes = prometheus.NewDesc("wsproxy_bytes_total",
@@ -295,6 +310,7 @@ type collector struct{ s *Server }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descRouteLive, descRouteSessions, descBackendLive, descDraining, descHandshakes,
+		descLimited, descUnreadable, descSessionLimit, descAdmitted, descTracked, descUntracked,
 		descMessages, descBytes, descBackendMessages, descBackendBytes, descCloses,
 		descPings, descPongs, descViolations, descRateLimited, descTimeouts, descHealthy, descWeight,
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
@@ -404,6 +420,16 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		counter(descHandshakes, o.v.Load(), o.name)
 	}
+	for k, label := range limitLabels {
+		counter(descLimited, st.Limited[k].Load(), label)
+	}
+	counter(descUnreadable, st.RequestHeadTooLarge.Load(), "head_too_large")
+	counter(descUnreadable, st.RequestTimeouts.Load(), "timeout")
+	counter(descUnreadable, st.RequestMalformed.Load(), "malformed")
+	gauge(descSessionLimit, s.table.Load().admission.maxSessions)
+	gauge(descAdmitted, s.admission.total.Load())
+	gauge(descTracked, int64(s.admission.tracked()))
+	counter(descUntracked, st.Untracked.Load())
 	counter(descPings, st.PingsClient.Load(), "client")
 	counter(descPings, st.PingsBackend.Load(), "backend")
 	counter(descPongs, st.PongsClient.Load(), "client")

@@ -28,6 +28,7 @@ type table struct {
 	accessLogSample float64
 	// drainCloseCode is the Close code clients get at shutdown.
 	drainCloseCode int
+	admission      admissionLimits
 }
 
 // route is one entry of the routing table.
@@ -39,6 +40,8 @@ type route struct {
 	origins [][]byte // lower case; empty means any origin
 	limits  Limits
 	metrics *routeMetrics
+	// maxSessions caps the route's tickets (metrics.admitted); 0: none.
+	maxSessions int64
 }
 
 // pool is a backend pool: the balancer and, for plain HTTP, one client per
@@ -64,6 +67,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		accessLog:       c.Log.AccessLog,
 		accessLogSample: c.Log.AccessLogSample,
 		drainCloseCode:  c.Defaults.DrainCloseCode,
+		admission:       newAdmissionLimits(c.Admission, s.fdCap),
 	}
 	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {
@@ -141,6 +145,8 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			key:     keySpec(rc.HashKey),
 			limits:  rc.Limits,
 			metrics: s.metrics.route(rc.Path),
+
+			maxSessions: int64(rc.MaxSessions),
 		}
 		for _, o := range rc.AllowedOrigins {
 			r.origins = append(r.origins, []byte(strings.ToLower(o)))

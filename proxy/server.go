@@ -58,12 +58,20 @@ type Server struct {
 	closeTimeout time.Duration
 	attempts     int
 
-	table    atomic.Pointer[table]
-	pollers  *poller.Group
-	http     *fasthttp.Server
-	sessions registry
-	stats    Stats
-	metrics  metrics
+	table     atomic.Pointer[table]
+	pollers   *poller.Group
+	http      *fasthttp.Server
+	sessions  registry
+	admission admission
+	stats     Stats
+	metrics   metrics
+	// fdCap is how many sessions the open-files limit allows, the
+	// default of admission.max_sessions.
+	fdCap int64
+	// headerBytes and readTimeout are fixed at start: fasthttp reads them
+	// per connection.
+	headerBytes int64
+	readTimeout time.Duration
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -102,6 +110,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sessions.init()
 	s.metrics.init()
+	s.fdCap = sessionsFromFileLimit()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	t, err := s.buildTable(cfg.Config, nil)
 	if err != nil {
@@ -109,16 +118,26 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table.Store(t)
 	s.metrics.retain(t)
+	if cfg.Config.Admission.MaxSessions == 0 {
+		s.log.Info("session limit set by the open-files limit (admission.max_sessions: 0)", zap.Int64("max_sessions", s.fdCap))
+	}
 	g, err := poller.NewGroup(0)
 	if err != nil {
 		return nil, err
 	}
 	s.pollers = g
-	d := cfg.Config.Defaults
+	s.headerBytes = cfg.Config.Admission.MaxHeaderBytes
+	s.readTimeout = cfg.Config.Defaults.HandshakeTimeout
 	s.http = &fasthttp.Server{
-		Handler:                       s.serveHTTP,
-		Name:                          "wsproxy",
-		ReadTimeout:                   d.HandshakeTimeout,
+		Handler: s.serveHTTP,
+		Name:    "wsproxy",
+		// The request head must fit the read buffer; a longer one is
+		// answered 431.
+		ReadBufferSize: int(s.headerBytes),
+		// A client that sends its request slowly is cut off (408) after
+		// handshake_timeout.
+		ReadTimeout:                   s.readTimeout,
+		ErrorHandler:                  s.badRequest,
 		WriteTimeout:                  0,
 		IdleTimeout:                   keepAliveTimeout,
 		KeepHijackedConns:             true,
@@ -167,6 +186,10 @@ func (s *Server) Update(c *config.Config) error {
 		return err
 	}
 	s.table.Store(t)
+	if c.Admission.MaxHeaderBytes != s.headerBytes || c.Defaults.HandshakeTimeout != s.readTimeout {
+		s.log.Warn("admission.max_header_bytes and defaults.handshake_timeout apply to reading requests from a restart on; until then the values the proxy started with stay",
+			zap.Int64("max_header_bytes", s.headerBytes), zap.Duration("handshake_timeout", s.readTimeout))
+	}
 	// Forget backends no pool lists any more; sessions on them keep their
 	// own reference until they end.
 	var addrs []string
@@ -277,6 +300,24 @@ func (s *Server) serveHTTP(ctx *fasthttp.RequestCtx) {
 		return
 	}
 	s.serveProxyHTTP(ctx, rt)
+}
+
+// badRequest answers a request fasthttp could not read, and counts it.
+func (s *Server) badRequest(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	var ne net.Error
+	switch {
+	case errors.As(err, &small):
+		s.stats.RequestHeadTooLarge.Add(1)
+		ctx.Error("request head too large", fasthttp.StatusRequestHeaderFieldsTooLarge)
+	case errors.As(err, &ne) && ne.Timeout():
+		s.stats.RequestTimeouts.Add(1)
+		ctx.Error("request not received in time", fasthttp.StatusRequestTimeout)
+	default:
+		s.stats.RequestMalformed.Add(1)
+		ctx.Error("malformed request", fasthttp.StatusBadRequest)
+	}
+	s.log.Debug("request refused", zap.String("client", ctx.RemoteAddr().String()), zap.Error(err))
 }
 
 // clientAddr returns the socket peer of ctx.

@@ -64,6 +64,7 @@ type session struct {
 	proto    string // negotiated subprotocol
 	rm       *routeMetrics
 	bm       *backendMetrics
+	ticket   ticket // its place under the admission caps
 
 	lastData      atomic.Int64
 	closing       atomic.Bool

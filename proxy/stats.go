@@ -15,9 +15,13 @@ type Stats struct {
 	HandshakeOK            atomic.Int64
 	HandshakeBadRequest    atomic.Int64
 	HandshakeOriginRefused atomic.Int64
-	// HandshakeLimited counts upgrades refused by a connection or rate
-	// limit.
+	// HandshakeLimited counts upgrades refused by a session cap or the
+	// handshake rate; Limited splits it by limit (limitKind).
 	HandshakeLimited atomic.Int64
+	Limited          [len(limitLabels)]atomic.Int64
+	// Untracked counts upgrades that skipped the per-address handshake
+	// rate because the address table was full.
+	Untracked atomic.Int64
 	// HandshakeShuttingDown counts upgrades refused during shutdown.
 	HandshakeShuttingDown   atomic.Int64
 	HandshakeNoBackend      atomic.Int64
@@ -25,13 +29,19 @@ type Stats struct {
 	HandshakeBackendTimeout atomic.Int64
 	HandshakeBackendNon101  atomic.Int64
 	HTTPNoRoute             atomic.Int64
-	HTTPRequests            atomic.Int64
-	HTTPBackendErrors       atomic.Int64
-	SessionsStarted         atomic.Int64
-	SessionsEnded           atomic.Int64
-	SessionsDraining        atomic.Int64
-	ViolationsClient        atomic.Int64
-	ViolationsBackend       atomic.Int64
+	// Requests that could not be read: a head over max_header_bytes
+	// (431), not received within handshake_timeout (408), or not HTTP
+	// (400).
+	RequestHeadTooLarge atomic.Int64
+	RequestTimeouts     atomic.Int64
+	RequestMalformed    atomic.Int64
+	HTTPRequests        atomic.Int64
+	HTTPBackendErrors   atomic.Int64
+	SessionsStarted     atomic.Int64
+	SessionsEnded       atomic.Int64
+	SessionsDraining    atomic.Int64
+	ViolationsClient    atomic.Int64
+	ViolationsBackend   atomic.Int64
 	// MessageRateLimited counts sessions closed for exceeding their
 	// route's message rate.
 	MessageRateLimited atomic.Int64

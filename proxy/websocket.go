@@ -48,6 +48,19 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	peer := clientAddr(ctx)
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
+	tk, r := s.admit(&t.admission, rt, clientIP)
+	if r != nil {
+		s.stats.HandshakeLimited.Add(1)
+		s.stats.Limited[r.limit].Add(1)
+		if ce := s.log.Check(zap.DebugLevel, "upgrade refused by a limit"); ce != nil {
+			ce.Write(zap.String("limit", limitLabels[r.limit]), zap.String("route", rt.path), zap.Stringer("client", clientIP))
+		}
+		refuse(ctx, r.status, r.reason, r.retryAfter)
+		return
+	}
+	// The ticket goes to the session; until then it is given back on
+	// every way out.
+	defer s.admission.release(&tk)
 	key := rt.key.Hash(&ctx.Request, clientIP)
 	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
 	if ctx.IsTLS() {
@@ -87,7 +100,8 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 			s.relayRefusal(ctx, conn, answer)
 			return
 		}
-		s.startSession(ctx, rt, b, conn, answer)
+		s.startSession(ctx, rt, b, conn, answer, tk)
+		tk.held = false // the session holds it now
 		return
 	}
 	switch {
@@ -170,7 +184,7 @@ func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, conn net.Conn, a *backen
 
 // startSession answers the client with the backend's 101 and starts the
 // relay on the hijacked connection.
-func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, backendConn net.Conn, a *backendAnswer) {
+func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, backendConn net.Conn, a *backendAnswer, tk ticket) {
 	s.stats.HandshakeOK.Add(1)
 	peer := ctx.RemoteAddr().String()
 	limits := rt.limits
@@ -182,6 +196,7 @@ func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.B
 			route: routePath, exact: exact, pool: poolName, limits: limits, upstream: b,
 			rm: rm, bm: bm,
 			backend: backendConn, answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
+			ticket: tk,
 		})
 	})
 }
@@ -200,6 +215,7 @@ type hijackInfo struct {
 	answer           *backendAnswer
 	peer             string
 	handshakeTimeout time.Duration
+	ticket           ticket
 }
 
 // rawConner is fasthttp's hijacked connection, which reads through the
@@ -217,6 +233,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		var mask [4]byte
 		_, _ = hi.backend.Write(wsframe.AppendClose(nil, &mask, wsframe.CloseGoingAway, "client went away"))
 		_ = hi.backend.Close()
+		s.admission.release(&hi.ticket)
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(hi.handshakeTimeout))
 	if _, err := c.Write(hi.answer.head); err != nil {
@@ -251,6 +268,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		ss.proto = string(v)
 	}
 	ss.closeTimeout = s.closeTimeout
+	ss.ticket = hi.ticket
 	ss.client.early = early
 	ss.backend.early = hi.answer.early
 	hi.upstream.Acquire()
@@ -298,6 +316,7 @@ func drainBuffered(c net.Conn) ([]byte, error) {
 // sessionEnded is called once when a session finishes.
 func (s *Server) sessionEnded(ss *session) {
 	ss.upstream.Release()
+	s.admission.release(&ss.ticket)
 	s.stats.SessionsEnded.Add(1)
 	if !s.accessLog() {
 		return
