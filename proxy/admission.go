@@ -111,12 +111,11 @@ func (st *ipState) full(l *admissionLimits, now int64) bool {
 	return st.last == 0 || l.rate <= 0 || st.tokens+float64(now-st.last)*l.rate/1e9 >= l.burst
 }
 
-// ticket is an admitted upgrade's place under the caps.
+// ticket is an admitted upgrade's place under the caps. The zero ticket
+// holds nothing.
 type ticket struct {
-	held  bool
-	route *atomic.Int64
-	ip    netip.Addr // the counted address, valid when perIP
-	perIP bool
+	route *atomic.Int64 // the route's count; nil: no ticket
+	ip    netip.Addr    // the address counted against max_sessions_per_ip, if valid
 }
 
 // refusal is an upgrade turned away by a limit.
@@ -167,23 +166,24 @@ func (s *Server) admit(l *admissionLimits, rt *route, client netip.Addr) (ticket
 		key := ipKey(client)
 		r, tracked := a.admitIP(l, key, monoNow())
 		if r != nil {
-			return tk, r
+			return ticket{}, r
 		}
 		if !tracked {
 			s.stats.Untracked.Add(1)
 		}
-		tk.ip, tk.perIP = key, l.perIP > 0
+		if l.perIP > 0 {
+			tk.ip = key
+		}
 	}
-	tk.held = true
-	tk.route = &rt.metrics.admitted
 	if a.total.Add(1) > l.maxSessions {
-		tk.route = nil
-		a.release(&tk)
-		return tk, &refusal{limitSessions, fasthttp.StatusServiceUnavailable, "proxy at its session limit", l.jitteredRetry()}
+		a.total.Add(-1)
+		a.releaseIP(tk.ip)
+		return ticket{}, &refusal{limitSessions, fasthttp.StatusServiceUnavailable, "proxy at its session limit", l.jitteredRetry()}
 	}
+	tk.route = &rt.metrics.admitted
 	if n := tk.route.Add(1); rt.maxSessions > 0 && n > rt.maxSessions {
 		a.release(&tk)
-		return tk, &refusal{limitRoute, fasthttp.StatusServiceUnavailable, "route at its session limit", l.jitteredRetry()}
+		return ticket{}, &refusal{limitRoute, fasthttp.StatusServiceUnavailable, "route at its session limit", l.jitteredRetry()}
 	}
 	return tk, nil
 }
@@ -246,27 +246,31 @@ func (sh *ipShard) sweep(l *admissionLimits, now int64) {
 
 // release gives a ticket back. It is safe to call on a ticket not held.
 func (a *admission) release(tk *ticket) {
-	if !tk.held {
+	if tk.route == nil {
 		return
 	}
-	tk.held = false
 	a.total.Add(-1)
-	if tk.route != nil {
-		tk.route.Add(-1)
+	tk.route.Add(-1)
+	a.releaseIP(tk.ip)
+	*tk = ticket{}
+}
+
+// releaseIP gives back a session counted against key, if key is valid.
+func (a *admission) releaseIP(key netip.Addr) {
+	if !key.IsValid() {
+		return
 	}
-	if tk.perIP {
-		sh := a.shard(tk.ip)
-		sh.mu.Lock()
-		if e, ok := sh.m[tk.ip]; ok {
-			e.sessions--
-			if e.sessions <= 0 && e.last == 0 {
-				delete(sh.m, tk.ip) // no bucket: nothing left to keep
-			} else {
-				sh.m[tk.ip] = e
-			}
+	sh := a.shard(key)
+	sh.mu.Lock()
+	if e, ok := sh.m[key]; ok {
+		e.sessions--
+		if e.sessions <= 0 && e.last == 0 {
+			delete(sh.m, key) // no bucket: nothing left to keep
+		} else {
+			sh.m[key] = e
 		}
-		sh.mu.Unlock()
 	}
+	sh.mu.Unlock()
 }
 
 // tracked returns the number of addresses in the per-address table.

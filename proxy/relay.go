@@ -84,7 +84,6 @@ func (k sideKind) String() string {
 // the side's own pump; those under "write state" to its peer's pump.
 type side struct {
 	s    *session
-	kind sideKind
 	peer *side
 	conn net.Conn
 	rc   syscall.RawConn
@@ -94,6 +93,11 @@ type side struct {
 	sock *Socket   // under tls
 
 	state atomic.Int32 // pump state
+	kind  sideKind
+	drop  bool // the current data frame is not forwarded
+	// msgOpen: a data message has begun and not ended
+	msgOpen bool
+	eof     bool // nothing more can be read (EOF, error or given up)
 	// loop is the poller loop the pump runs on, nil when it runs on a
 	// goroutine of its own. Only the pump touches it.
 	loop *poller.Loop
@@ -102,14 +106,8 @@ type side struct {
 	early     []byte // bytes that arrived with the handshake
 	tail      []byte // incomplete header or control frame from the last read
 	remaining int64  // payload bytes left in the current data frame
-	drop      bool   // the current data frame is not forwarded
-	msgOpen   bool
 	msgBytes  int64
-	eof       bool // nothing more can be read (EOF, error or given up)
-	// message rate limit (client side): a token bucket of burst messages
-	// refilled at rate per second; rate 0 turns it off
-	rate, burst, tokens float64
-	tokensAt            int64 // monotonic ns of the last refill
+	lim       *messageLimiter // nil: no message rate limit
 
 	// write state: what is sent to this side
 	midFrame atomic.Bool // the bytes written so far end inside a frame
@@ -495,7 +493,7 @@ func (x *side) relay(buf []byte, p, end int) {
 				return
 			}
 			x.msgBytes = h.Length
-			if x.rate > 0 && !x.allowMessage() {
+			if x.lim != nil && !x.lim.allow(x.lastRead.Load()) {
 				x.forward(buf[fw:p], false)
 				s.rateLimited(x)
 				return
@@ -531,33 +529,38 @@ func (x *side) relay(buf []byte, p, end int) {
 	x.forward(buf[fw:p], x.remaining > 0 && !x.drop)
 }
 
+// messageLimiter is a side's message rate limit: a token bucket of burst
+// messages refilled at rate per second. Only sessions of a route with a
+// limit carry one.
+type messageLimiter struct {
+	rate, burst, tokens float64
+	at                  int64 // monotonic ns of the last refill
+}
+
 // limitRate sets x's message rate limit: perSecond messages on average,
 // burst at once (0: perSecond rounded up).
 func (x *side) limitRate(perSecond float64, burst int) {
 	if perSecond <= 0 {
 		return
 	}
-	x.rate = perSecond
-	x.burst = float64(burst)
+	l := &messageLimiter{rate: perSecond, burst: float64(burst), at: monoNow()}
 	if burst <= 0 {
-		x.burst = math.Ceil(perSecond)
+		l.burst = math.Ceil(perSecond)
 	}
-	x.tokens = x.burst
-	x.tokensAt = monoNow()
+	l.tokens = l.burst
+	x.lim = l
 }
 
-// allowMessage takes a token for a new message from x, as of its latest
-// read.
-func (x *side) allowMessage() bool {
-	now := x.lastRead.Load()
-	if el := now - x.tokensAt; el > 0 {
-		x.tokens = min(x.burst, x.tokens+float64(el)*x.rate/1e9)
-		x.tokensAt = now
+// allow takes a token for a new message read at now (monotonic ns).
+func (l *messageLimiter) allow(now int64) bool {
+	if el := now - l.at; el > 0 {
+		l.tokens = min(l.burst, l.tokens+float64(el)*l.rate/1e9)
+		l.at = now
 	}
-	if x.tokens < 1 {
+	if l.tokens < 1 {
 		return false
 	}
-	x.tokens--
+	l.tokens--
 	return true
 }
 

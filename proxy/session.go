@@ -52,11 +52,11 @@ type session struct {
 	srv      *Server
 	client   side
 	backend  side
-	limits   Limits
-	route    string // the route's path
-	exact    bool   // and whether it is exact
+	limits   *Limits // its route's, in the table it started with
+	route    string  // the route's path
 	pool     string
 	upstream *balancer.Backend
+	exact    bool // the route is exact
 	rsv      rsvRule
 	pingTag  [4]byte
 	start    time.Time
@@ -67,13 +67,13 @@ type session struct {
 	ticket   ticket // its place under the admission caps
 
 	lastData      atomic.Int64
-	closing       atomic.Bool
 	closeDeadline atomic.Int64
+	closing       atomic.Bool
 	done          atomic.Bool
-	regMu         sync.Mutex // guards the sides' reg between run and finish
 	closeCode     atomic.Int32
 	closedBy      atomic.Int32
 	draining      atomic.Bool
+	regMu         sync.Mutex // guards the sides' reg between run and finish
 	timer         *time.Timer
 	closeTimeout  time.Duration
 	unregister    func()
@@ -222,7 +222,7 @@ func (s *session) rateLimited(x *side) {
 	x.eof = true
 	s.srv.stats.MessageRateLimited.Add(1)
 	s.srv.log.Info("message rate limit exceeded", zap.String("route", s.route), zap.String("client", s.peer),
-		zap.Float64("max_messages_per_second", x.rate), zap.Float64("burst", x.burst))
+		zap.Float64("max_messages_per_second", x.lim.rate), zap.Float64("burst", x.lim.burst))
 	if s.closedBy.CompareAndSwap(closedByNone, closedByProxy) {
 		s.closeCode.Store(wsframe.ClosePolicyViolation)
 	}
@@ -359,7 +359,7 @@ func (s *session) tick() {
 		return
 	}
 	now := monoNow()
-	l := &s.limits
+	l := s.limits
 	if s.closing.Load() {
 		if now >= s.closeDeadline.Load() {
 			s.finish()
@@ -400,7 +400,7 @@ func (s *session) nextTick(now int64) time.Duration {
 		return max(time.Duration(s.closeDeadline.Load()-now), minTick)
 	}
 	next := int64(1<<62 - 1)
-	l := &s.limits
+	l := s.limits
 	for _, x := range []*side{&s.client, &s.backend} {
 		lr := x.lastRead.Load()
 		if l.ReadTimeout > 0 {

@@ -101,7 +101,7 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 			return
 		}
 		s.startSession(ctx, rt, b, conn, answer, tk)
-		tk.held = false // the session holds it now
+		tk = ticket{} // the session holds it now
 		return
 	}
 	switch {
@@ -187,7 +187,7 @@ func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, conn net.Conn, a *backen
 func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, backendConn net.Conn, a *backendAnswer, tk ticket) {
 	s.stats.HandshakeOK.Add(1)
 	peer := ctx.RemoteAddr().String()
-	limits := rt.limits
+	limits := &rt.limits // tables are never changed once published
 	routePath, exact, poolName := rt.path, rt.exact, rt.pool.name
 	rm, bm := rt.metrics, s.metrics.backend(b.Addr)
 	ctx.HijackSetNoResponse(true)
@@ -207,7 +207,7 @@ type hijackInfo struct {
 	route            string
 	exact            bool
 	pool             string
-	limits           Limits
+	limits           *Limits
 	upstream         *balancer.Backend
 	rm               *routeMetrics
 	bm               *backendMetrics
