@@ -169,6 +169,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		return 1
 	}
 	in.srv = srv
+	go trimMemory(ctx, in.log)
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
 	in.health.Update(in.healthSpecs(cfg))
