@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/wsproxy/wsproxy/internal/testpki"
 )
 
@@ -130,6 +132,32 @@ func TestExampleAndGoodFiles(t *testing.T) {
 		if _, err := Load(f); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// The Kubernetes manifests embed a config in a ConfigMap: it must load
+// as it stands, or a deployment copied from them crash-loops.
+func TestKubernetesConfigMapLoads(t *testing.T) {
+	data, err := os.ReadFile("../deploy/kubernetes/configmap.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `yaml:"data"`
+	}
+	if err := yaml.Unmarshal(data, &cm); err != nil {
+		t.Fatal(err)
+	}
+	embedded, ok := cm.Data["config.yaml"]
+	if !ok {
+		t.Fatal("configmap.yaml has no data.config.yaml")
+	}
+	c, err := Parse("configmap.yaml:config.yaml", []byte(embedded))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Routes) == 0 || len(c.Pools) == 0 {
+		t.Fatalf("embedded config has %d routes and %d pools", len(c.Routes), len(c.Pools))
 	}
 }
 
