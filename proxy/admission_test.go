@@ -143,9 +143,18 @@ func TestSessionCaps(t *testing.T) {
 	expectOK("/", "10.0.0.3")
 	expectRefused("/", "10.0.0.4", http.StatusServiceUnavailable, "proxy at its session limit")
 
-	// A session of the capped route ends: the route has room.
+	// A session of the capped route ends: the route has room. A session
+	// leaves the registry before it gives its ticket back, so wait for
+	// the ticket.
 	a1.Close()
 	p.waitSessions(t, 3)
+	var capped *route
+	for _, r := range p.srv.table.Load().routes {
+		if r.path == "/capped" {
+			capped = r
+		}
+	}
+	waitFor(t, "the capped route's ticket given back", func() bool { return capped.metrics.admitted.Load() == 1 })
 	expectOK("/capped", "10.0.0.4")
 
 	// Everything ends: no ticket and no address is left behind.
