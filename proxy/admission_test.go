@@ -109,9 +109,9 @@ func TestSessionCaps(t *testing.T) {
 	a3 := expectOK("/", "10.0.0.1")
 	expectRefused("/", "10.0.0.1", http.StatusTooManyRequests, "too many sessions from this address")
 	expectRefused("/", "10.0.0.3", http.StatusServiceUnavailable, "proxy at its session limit")
-	if st.Limited[limitRoute].Load() != 1 || st.Limited[limitIPSessions].Load() != 1 || st.Limited[limitSessions].Load() != 1 || st.HandshakeLimited.Load() != 3 {
+	if st.Limited[limitRoute].Load() != 1 || st.Limited[limitIPSessions].Load() != 1 || st.Limited[limitSessions].Load() != 1 || st.HandshakeLimited() != 3 {
 		t.Fatalf("limited counts route %d, ip %d, total %d, all %d; want 1, 1, 1, 3",
-			st.Limited[limitRoute].Load(), st.Limited[limitIPSessions].Load(), st.Limited[limitSessions].Load(), st.HandshakeLimited.Load())
+			st.Limited[limitRoute].Load(), st.Limited[limitIPSessions].Load(), st.Limited[limitSessions].Load(), st.HandshakeLimited())
 	}
 
 	m := scrapeProxy(t, p)

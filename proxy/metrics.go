@@ -411,7 +411,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		{"ok", &st.HandshakeOK},
 		{"bad_request", &st.HandshakeBadRequest},
 		{"origin_refused", &st.HandshakeOriginRefused},
-		{"limited", &st.HandshakeLimited},
 		{"shutting_down", &st.HandshakeShuttingDown},
 		{"no_backend", &st.HandshakeNoBackend},
 		{"backend_refused", &st.HandshakeBackendRefused},
@@ -420,6 +419,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	} {
 		counter(descHandshakes, o.v.Load(), o.name)
 	}
+	counter(descHandshakes, st.HandshakeLimited(), "limited")
 	for k, label := range limitLabels {
 		counter(descLimited, st.Limited[k].Load(), label)
 	}

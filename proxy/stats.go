@@ -15,10 +15,9 @@ type Stats struct {
 	HandshakeOK            atomic.Int64
 	HandshakeBadRequest    atomic.Int64
 	HandshakeOriginRefused atomic.Int64
-	// HandshakeLimited counts upgrades refused by a session cap or the
-	// handshake rate; Limited splits it by limit (limitKind).
-	HandshakeLimited atomic.Int64
-	Limited          [len(limitLabels)]atomic.Int64
+	// Limited counts upgrades refused by a session cap or the handshake
+	// rate, by limit (limitKind); HandshakeLimited is their sum.
+	Limited [len(limitLabels)]atomic.Int64
 	// Untracked counts upgrades that skipped the per-address handshake
 	// rate because the address table was full.
 	Untracked atomic.Int64
@@ -56,6 +55,15 @@ type Stats struct {
 	PongsBackend  atomic.Int64
 	// LastPongRTT is the round trip of the latest answered proxy ping, ns.
 	LastPongRTT atomic.Int64
+}
+
+// HandshakeLimited returns the upgrades refused by any admission limit.
+func (st *Stats) HandshakeLimited() int64 {
+	var n int64
+	for i := range st.Limited {
+		n += st.Limited[i].Load()
+	}
+	return n
 }
 
 func (s *Server) countViolation(k sideKind, reason string) {

@@ -50,7 +50,6 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
 	tk, r := s.admit(&t.admission, rt, clientIP)
 	if r != nil {
-		s.stats.HandshakeLimited.Add(1)
 		s.stats.Limited[r.limit].Add(1)
 		if ce := s.log.Check(zap.DebugLevel, "upgrade refused by a limit"); ce != nil {
 			ce.Write(zap.String("limit", limitLabels[r.limit]), zap.String("route", rt.path), zap.Stringer("client", clientIP))
