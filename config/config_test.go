@@ -314,6 +314,7 @@ func TestMoreMistakes(t *testing.T) {
 		{"log format", base("log: {format: text}\n"), `t.yaml:4: log.format: unknown format "text"`},
 		{"bool", base("admin: {pprof: yes please}\n"), "t.yaml:4: admin.pprof: want true or false"},
 		{"ping above read timeout", base("defaults: {ping_interval: 90s}\n"), "t.yaml:4: defaults.ping_interval: 1m30s is not below read_timeout"},
+		{"infinite handshake rate", base("admission: {handshakes_per_second_per_ip: .inf}\n"), "t.yaml:4: admission.handshakes_per_second_per_ip: want a finite number, got .inf"},
 		{"bad origin", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p, allowed_origins: [app.example.com]}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", `routes[0].allowed_origins[0]: bad origin "app.example.com"`},
 		{"backend without host", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \":9001\"}]}}\n", "a backend needs a host"},
 		{"key twice", base("log: {level: info}\nlog: {level: info}\n"), "t.yaml:5: log: defined twice"},

@@ -305,8 +305,8 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, kind string
 			return
 		}
 		f, err := strconv.ParseFloat(n.Value, 64)
-		if err != nil {
-			d.fail(n, path, "want a number, got %s", describe(n))
+		if err != nil { // .inf, .nan, or out of range
+			d.fail(n, path, "want a finite number, got %s", n.Value)
 			return
 		}
 		v.SetFloat(f)
