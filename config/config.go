@@ -115,6 +115,14 @@ type Admission struct {
 	// max_sessions is told to wait, spread at random up to twice as long
 	// so that refused clients do not come back together. Default 5s.
 	RetryAfter time.Duration `yaml:"retry_after"`
+	// MaxConnections caps client connections that are open but not (yet)
+	// WebSocket sessions: requests being read, plain HTTP keep-alive
+	// connections, handshakes before their ticket. At the cap the proxy
+	// stops accepting until one closes, so the kernel's backlog holds the
+	// rest instead of the process running out of descriptors. 0 (default)
+	// means what the open-files limit leaves after max_sessions: each such
+	// connection may hold a backend connection too.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // Limits are the timeouts and limits of a route.
@@ -151,6 +159,16 @@ type Limits struct {
 	// DrainCloseCode is the Close code drained clients get: 1001 "going
 	// away" (default) or 1012 "service restart".
 	DrainCloseCode int `yaml:"drain_close_code"`
+	// BackendGoneCloseCode is the Close code a client gets when its
+	// backend vanished without a Close or broke the protocol: 1014 "bad
+	// gateway" (default, RFC 6455 registry; some client libraries reject
+	// it as invalid), 1011 "internal error" or 1001 "going away".
+	BackendGoneCloseCode int `yaml:"backend_gone_close_code"`
+	// MaxControlFramesPerSecond closes a session (1008) whose client sends
+	// pings, and pongs that do not answer the proxy's own, faster than this
+	// on average, with a burst of twice the rate. 0 turns it off. Default
+	// 10.
+	MaxControlFramesPerSecond float64 `yaml:"max_control_frames_per_second"`
 }
 
 // Route maps a request path to a pool.
@@ -220,6 +238,12 @@ type Pool struct {
 	// DrainRate caps drained closes per second for this pool; 0 (default)
 	// means no cap beyond spreading them over drain_timeout.
 	DrainRate float64 `yaml:"drain_rate"`
+	// IdleConnTimeout closes pooled plain HTTP connections to a backend
+	// after they sat idle this long. Keep it below the backend's own
+	// keep-alive timeout (Node's http server: 5s, gunicorn: 2s); a request
+	// that meets a connection the backend closed anyway is retried once on
+	// a fresh one. Default 4s; 0 turns keep-alive to backends off.
+	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
 	// Backends are the pool's members. At least one.
 	Backends []Backend `yaml:"backends"`
 	// TLS makes the proxy speak wss (and https) to the backends.
@@ -294,6 +318,9 @@ func defaults() *Config {
 			MaxMessageBytes:  1 << 20,
 			DrainTimeout:     30 * time.Second,
 			DrainCloseCode:   1001,
+
+			BackendGoneCloseCode:      1014,
+			MaxControlFramesPerSecond: 10,
 		},
 		Pools: map[string]*Pool{},
 	}
@@ -301,6 +328,11 @@ func defaults() *Config {
 
 // defaultBackend is a backend before its keys are read.
 func defaultBackend() Backend { return Backend{Weight: 1} }
+
+// defaultPool is a pool before its keys are read.
+func defaultPool() Pool {
+	return Pool{IdleConnTimeout: 4 * time.Second, Health: defaultHealth()}
+}
 
 // defaultHealth is a pool's health block before its keys are read.
 func defaultHealth() Health {

@@ -317,7 +317,7 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, kind string
 
 // initValue fills a new element with its defaults before its keys are
 // read: a route starts from the defaults section, a backend with weight
-// 1, a pool with the health defaults.
+// 1, a pool with its defaults.
 func (d *decoder) initValue(v reflect.Value) {
 	switch p := v.Addr().Interface().(type) {
 	case *Route:
@@ -325,7 +325,7 @@ func (d *decoder) initValue(v reflect.Value) {
 	case *Backend:
 		*p = defaultBackend()
 	case *Pool:
-		p.Health = defaultHealth()
+		*p = defaultPool()
 	case *ListenerTLS:
 		*p = defaultListenerTLS()
 	}

@@ -191,6 +191,9 @@ func (d *decoder) validateAdmission() {
 	if a.MaxHeaderBytes < minHeaderBytes || a.MaxHeaderBytes > maxHeaderBytes {
 		d.failAt("admission.max_header_bytes", "%d is out of range: want 1KiB to 1MiB", a.MaxHeaderBytes)
 	}
+	if a.MaxConnections < 0 {
+		d.failAt("admission.max_connections", "must not be negative (0 means what the open-files limit leaves after max_sessions)")
+	}
 	if a.RetryAfter < time.Second {
 		d.failAt("admission.retry_after", "%v is too short: Retry-After counts whole seconds, want at least 1s", a.RetryAfter)
 	}
@@ -219,6 +222,14 @@ func (d *decoder) validateLimits(path string, l Limits) {
 	case 1001, 1012:
 	default:
 		d.failAt(join(path, "drain_close_code"), "%d is not allowed: want 1001 (going away) or 1012 (service restart)", l.DrainCloseCode)
+	}
+	switch l.BackendGoneCloseCode {
+	case 1014, 1011, 1001:
+	default:
+		d.failAt(join(path, "backend_gone_close_code"), "%d is not allowed: want 1014 (bad gateway), 1011 (internal error) or 1001 (going away)", l.BackendGoneCloseCode)
+	}
+	if !(l.MaxControlFramesPerSecond >= 0) {
+		d.failAt(join(path, "max_control_frames_per_second"), "must not be negative (0 turns the limit off)")
 	}
 }
 
@@ -315,6 +326,9 @@ func (d *decoder) validatePool(path string, p *Pool) {
 	}
 	if p.DrainRate < 0 {
 		d.failAt(path+".drain_rate", "must not be negative (0 means no cap)")
+	}
+	if p.IdleConnTimeout < 0 {
+		d.failAt(path+".idle_conn_timeout", "must not be negative (0 turns keep-alive to backends off)")
 	}
 	if len(p.Backends) == 0 {
 		d.failAt(path+".backends", "the pool has no backends")
