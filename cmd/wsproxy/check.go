@@ -10,9 +10,9 @@ import (
 // cmdCheck validates a config file and prints the effective config, with
 // every default filled in, or every error.
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	path, ok := configFlag("check", args, stderr)
-	if !ok {
-		return 2
+	path, code := configFlag("check", "Validate a configuration file, loading every certificate, key and CA it names as\nthe proxy does when it starts, and print the effective configuration with every\ndefault filled in, or every mistake; exit 1 if there is one.", args, stdout, stderr)
+	if code >= 0 {
+		return code
 	}
 	cfg, err := config.Load(path)
 	if err != nil {

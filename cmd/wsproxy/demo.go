@@ -3,7 +3,6 @@ package main
 import (
 	_ "embed"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -27,11 +26,15 @@ var demoConfig string
 // cmdDemo runs the proxy on an embedded config in front of two built-in
 // echo backends that also serve a page to try it from a browser.
 func cmdDemo(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet("demo", "demo [-listen ADDR] [-admin ADDR]",
+		"Run the proxy in front of two built-in echo backends that serve a page to try it\nfrom a browser. Ctrl-C stops it.")
 	listen := fs.String("listen", "127.0.0.1:8080", "address the proxy listens on")
 	admin := fs.String("admin", "127.0.0.1:9090", "admin address (/healthz /readyz /status)")
-	if err := fs.Parse(args); err != nil {
+	if code := parseFlags(fs, args, stdout, stderr); code >= 0 {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "wsproxy demo: unexpected argument %q\n", fs.Arg(0))
 		return 2
 	}
 	var backends []string

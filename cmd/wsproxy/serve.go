@@ -24,10 +24,10 @@ import (
 )
 
 // cmdRun runs the proxy from a config file until SIGTERM or SIGINT.
-func cmdRun(args []string, stderr io.Writer) int {
-	path, ok := configFlag("run", args, stderr)
-	if !ok {
-		return 2
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	path, code := configFlag("run", "Run the proxy until SIGTERM or SIGINT; SIGHUP reloads the file.\nOther commands: wsproxy help.", args, stdout, stderr)
+	if code >= 0 {
+		return code
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
