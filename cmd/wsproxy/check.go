@@ -19,6 +19,12 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	if errs := tlsProblems(cfg); errs != nil {
+		for _, err := range errs {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		}
+		return 1
+	}
 	out, err := cfg.Marshal()
 	if err != nil {
 		fmt.Fprintf(stderr, "wsproxy check: %v\n", err)

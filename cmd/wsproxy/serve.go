@@ -34,6 +34,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
+	if errs := tlsProblems(cfg); errs != nil {
+		for _, err := range errs {
+			fmt.Fprintf(stderr, "%s: %v\n", path, err)
+		}
+		return 1
+	}
 	inst := &instance{path: path, stderr: stderr}
 	return inst.serve(cfg, nil)
 }
@@ -103,9 +109,11 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		if l.TLS == nil {
 			continue
 		}
-		ts, err := tlsconf.NewServer(serverOptions(l.TLS))
-		if err != nil {
-			fmt.Fprintf(in.stderr, "wsproxy: listeners[%d] (%s): %v\n", i, l.Address, err)
+		ts, errs := listenerTLS(i, l.TLS)
+		for _, err := range errs {
+			fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
+		}
+		if errs != nil {
 			return 1
 		}
 		in.tls[i] = ts
@@ -280,12 +288,10 @@ func (in *instance) reload() {
 				zap.String("reason", fmt.Sprintf("listeners[%d]: TLS cannot be turned on or off by a reload; restart instead", i)))
 			return
 		}
-		if l.TLS != nil {
-			if _, err := tlsconf.NewServer(serverOptions(l.TLS)); err != nil {
-				in.log.Error("reload failed; keeping the running configuration", zap.Error(err))
-				return
-			}
-		}
+	}
+	if errs := tlsProblems(cfg); errs != nil {
+		in.log.Error("reload failed; keeping the running configuration", zap.Errors("errors", errs))
+		return
 	}
 	if err := in.srv.Update(cfg); err != nil {
 		in.log.Error("reload failed; keeping the running configuration", zap.Error(err))
@@ -335,11 +341,7 @@ func (in *instance) healthSpecs(cfg *config.Config) []health.PoolSpec {
 			tc := in.healthTLS[p.TLS]
 			if tc == nil {
 				var err error
-				tc, err = tlsconf.NewClient(tlsconf.ClientOptions{
-					ServerName: p.TLS.ServerName, CAFile: p.TLS.CAFile,
-					CertFile: p.TLS.CertFile, KeyFile: p.TLS.KeyFile,
-					InsecureSkipVerify: p.TLS.InsecureSkipVerify,
-				})
+				tc, err = tlsconf.NewClient(clientOptions(p.TLS))
 				if err != nil {
 					in.log.Error("health checks without TLS settings", zap.String("pool", name), zap.Error(err))
 				}
@@ -351,13 +353,4 @@ func (in *instance) healthSpecs(cfg *config.Config) []health.PoolSpec {
 	}
 	in.healthTLS = tlsCache
 	return specs
-}
-
-// serverOptions converts a listener's TLS settings.
-func serverOptions(t *config.ListenerTLS) tlsconf.ServerOptions {
-	o := tlsconf.ServerOptions{MinVersion: t.MinVersion, ClientCAFile: t.ClientCAFile, ClientAuth: t.ClientAuth}
-	for _, c := range t.Certificates {
-		o.Certificates = append(o.Certificates, tlsconf.CertFiles{CertFile: c.CertFile, KeyFile: c.KeyFile})
-	}
-	return o
 }
