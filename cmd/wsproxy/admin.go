@@ -122,6 +122,10 @@ type statusReport struct {
 	BackendFailures   int64            `json:"backend_failures"`
 	ReloadsOK         int64            `json:"reloads_ok"`
 	ReloadsFailed     int64            `json:"reloads_failed"`
+	// RestartPending lists the settings a reload changed in the file but
+	// only a restart applies, as "key: running -> file"; empty when the
+	// process runs what its file says.
+	RestartPending []string `json:"restart_pending"`
 }
 
 func (a *adminServer) report() statusReport {
@@ -137,7 +141,17 @@ func (a *adminServer) report() statusReport {
 		BackendFailures:   st.HandshakeBackendRefused.Load() + st.HandshakeBackendTimeout.Load(),
 		ReloadsOK:         a.in.reloads.ok.Load(),
 		ReloadsFailed:     a.in.reloads.failed.Load(),
+		RestartPending:    a.in.pendingRestart(),
 	}
+}
+
+// pendingRestart returns the restart-only changes of the last good reload,
+// never nil.
+func (in *instance) pendingRestart() []string {
+	if p := in.restartPending.Load(); p != nil && *p != nil {
+		return *p
+	}
+	return []string{}
 }
 
 // status reports routes, pools, backends and counters as JSON.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,6 +61,11 @@ type instance struct {
 	backends  *balancer.Registry
 	admin     *adminServer
 	reloads   reloadStats
+	// started is the configuration the process started with: what a
+	// reload cannot change stays as it says. restartPending lists the
+	// differences the last good reload found, for /status.
+	started        *config.Config
+	restartPending atomic.Pointer[[]string]
 
 	// ready is closed once every listener is up; for tests and the demo.
 	ready     chan struct{}
@@ -177,6 +183,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		return 1
 	}
 	in.srv = srv
+	in.started = cfg
 	go trimMemory(ctx, in.log)
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
@@ -308,7 +315,16 @@ func (in *instance) reload() {
 		in.admin.pprof.Store(cfg.Admin.Pprof)
 	}
 	ok = true
-	in.log.Info("configuration reloaded", zap.String("file", in.path))
+	var pending []string
+	for _, c := range restartChanges(in.started, cfg) {
+		pending = append(pending, c.String())
+		if !c.warned {
+			in.log.Warn("a reload cannot change this setting; the running value stays until a restart",
+				zap.String("key", c.key), zap.String("running", c.running), zap.String("file", c.file))
+		}
+	}
+	in.restartPending.Store(&pending)
+	in.log.Info("configuration reloaded", zap.String("file", in.path), zap.Strings("restart_pending", pending))
 }
 
 // healthSpecs turns the config's pools into health check specs. The TLS
