@@ -73,14 +73,19 @@ type instance struct {
 	adminAddr net.Addr
 }
 
-// newLogger builds the zap logger the config asks for.
+// newLogger builds the zap logger the config asks for. The console format
+// colours levels only when w is a terminal, so that a file or journald
+// gets no escape codes.
 func newLogger(c config.Log, level zap.AtomicLevel, w io.Writer) *zap.Logger {
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.TimeKey = "ts"
 	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
 	var enc zapcore.Encoder
 	if c.Format == "console" {
-		encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		if isTerminal(w) {
+			encCfg.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		}
 		encCfg.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
 		enc = zapcore.NewConsoleEncoder(encCfg)
 	} else {
