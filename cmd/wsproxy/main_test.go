@@ -390,6 +390,36 @@ func TestDemo(t *testing.T) {
 	if !bytes.Contains(page, []byte("wsproxy demo")) || !bytes.Contains(page, []byte("new WebSocket")) {
 		t.Fatalf("page: %.200s", page)
 	}
+	// Only the page is a page: a browser's favicon request gets 404.
+	if resp, err := http.Get("http://" + listen + "/favicon.ico"); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != 404 {
+		t.Fatalf("/favicon.ico: %s, want 404", resp.Status)
+	}
+	// The banner points to the status page, and names two users that the
+	// proxy does send to different backends; so does the page.
+	out := p.stderr.String()
+	if want := "status   http://" + admin + "/  (JSON at /status"; !strings.Contains(out, want) {
+		t.Fatalf("banner lacks %q:\n%s", want, out)
+	}
+	m := regexp.MustCompile(`users +(\w+) \((backend-\d)\) and (\w+) \((backend-\d)\)`).FindStringSubmatch(out)
+	if m == nil || m[2] == m[4] {
+		t.Fatalf("banner does not name users on both backends:\n%s", out)
+	}
+	for _, u := range [][2]string{{m[1], m[2]}, {m[3], m[4]}} {
+		if want := fmt.Sprintf(`data-user="%s">%s</a> lands on %s`, u[0], u[0], u[1]); !bytes.Contains(page, []byte(want)) {
+			t.Errorf("page lacks %q", want)
+		}
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/ws?user="+u[0], nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, hello, err := c.ReadMessage()
+		c.Close()
+		if err != nil || !bytes.Contains(hello, []byte(`"backend":"`+u[1]+`"`)) {
+			t.Fatalf("%s: hello %s (%v), want it from %s", u[0], hello, err, u[1])
+		}
+	}
 	// Users land on both backends, each always on the same one.
 	seen := map[string]bool{}
 	for i := 0; i < 16; i++ {
