@@ -19,6 +19,7 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
+	"gopkg.in/yaml.v3"
 )
 
 // binary is the wsproxy command built once for the process tests.
@@ -513,5 +514,46 @@ pools:
 	}
 	if len(spread) != 5 {
 		t.Fatalf("60 keys reached only %v", spread)
+	}
+}
+
+// TestExampleNamesEveryKey: config.example.yaml shows every key the
+// effective configuration has, so that a key added to the config package
+// cannot be missing from the example that claims to list them all.
+func TestExampleNamesEveryKey(t *testing.T) {
+	example, err := os.ReadFile("../../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCmd("check", "-config", "../../config.example.yaml")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal([]byte(out), &root); err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]bool{}
+	var walk func(n *yaml.Node, inPools bool)
+	walk = func(n *yaml.Node, inPools bool) {
+		switch n.Kind {
+		case yaml.DocumentNode, yaml.SequenceNode:
+			for _, c := range n.Content {
+				walk(c, false)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if !inPools { // pool names are not keys
+					keys[n.Content[i].Value] = true
+				}
+				walk(n.Content[i+1], n.Content[i].Value == "pools" && !inPools)
+			}
+		}
+	}
+	walk(&root, false)
+	for k := range keys {
+		if !regexp.MustCompile(`(?m)^[\s#-]*(- )?\{?.*\b` + regexp.QuoteMeta(k) + `:`).Match(example) {
+			t.Errorf("config.example.yaml does not show %s", k)
+		}
 	}
 }
