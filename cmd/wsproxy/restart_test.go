@@ -193,3 +193,59 @@ pools: {p: {backends: [{address: "127.0.0.1:1"}]}}
 		})
 	}
 }
+
+// TestShutdownAfterReloadedDrainTimeout: SIGTERM drains over the
+// drain_timeout of the configuration running now, not the one the process
+// started with.
+func TestShutdownAfterReloadedDrainTimeout(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	const conf = `
+listeners: [{address: %q}]
+admin: {address: %q}
+log: {level: info, format: json}
+defaults: {drain_timeout: %s}
+routes: [{path: /, pool: p}]
+pools:
+  p: {backends: [{address: %q}]}
+`
+	backend := echoBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	cfgPath := writeConfig(t, fmt.Sprintf(conf, listen, admin, "30s", backend))
+	p := startProcess(t, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(conf, listen, admin, "1s", backend)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitReloads(t, p, admin, 1)
+
+	// Ten sessions: over a 30 s window (24 s of closes) all ten closing in
+	// the first few seconds would be a one in 10^9 chance.
+	var conns []*websocket.Conn
+	for range 10 {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseGoingAway) {
+			t.Fatalf("after %v: %v, want a Close 1001 within the reloaded drain_timeout of 1s", time.Since(start), err)
+		}
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("exit: %v\n%s", p.err, p.stderr.String())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("still running %v after SIGTERM with drain_timeout 1s", time.Since(start))
+	}
+}

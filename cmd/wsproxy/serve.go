@@ -66,6 +66,9 @@ type instance struct {
 	// differences the last good reload found, for /status.
 	started        *config.Config
 	restartPending atomic.Pointer[[]string]
+	// running is the configuration last applied: the start one, then each
+	// good reload's. Only the signal loop reads and writes it.
+	running *config.Config
 
 	// ready is closed once every listener is up; for tests and the demo.
 	ready     chan struct{}
@@ -189,6 +192,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	}
 	in.srv = srv
 	in.started = cfg
+	in.running = cfg
 	go trimMemory(ctx, in.log)
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
@@ -244,7 +248,7 @@ loop:
 			break loop
 		}
 	}
-	code = max(code, in.shutdown(cfg.Defaults.DrainTimeout, sigs))
+	code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
 	if in.admin != nil {
 		in.admin.close()
 	}
@@ -329,6 +333,7 @@ func (in *instance) reload() {
 		}
 	}
 	in.restartPending.Store(&pending)
+	in.running = cfg
 	in.log.Info("configuration reloaded", zap.String("file", in.path), zap.Strings("restart_pending", pending))
 }
 
