@@ -86,6 +86,9 @@ func TestReloadNeedsRestart(t *testing.T) {
 	}
 	write("")
 	st := waitReloads(t, p, admin, 1)
+	if _, body := get(t, "http://"+admin+"/status"); !strings.Contains(body, " -> ") {
+		t.Errorf("/status escapes the arrows:\n%s", body)
+	}
 	want := []string{
 		fmt.Sprintf("listeners[0].address: %s -> %s", listen, newListen),
 		fmt.Sprintf("admin.address: %s -> %s", admin, newAdmin),
