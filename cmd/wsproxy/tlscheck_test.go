@@ -1,12 +1,16 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/fasthttp/websocket"
 
 	"github.com/wsproxy/wsproxy/internal/testpki"
 )
@@ -123,5 +127,56 @@ pools:
 		if !strings.HasPrefix(lines[i], cfg+": "+w) {
 			t.Errorf("line %d: %q, want it to start %q", i, lines[i], cfg+": "+w)
 		}
+	}
+}
+
+// TestReloadRefusesBadTLSFiles: a reload naming a certificate that cannot
+// be served fails, the log names the key, and the listener keeps serving
+// the certificate it had.
+func TestReloadRefusesBadTLSFiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	ca := testpki.NewCA(t)
+	site := ca.Issue(t, "site", testpki.Options{Names: []string{"127.0.0.1"}})
+	backend := echoBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	const conf = `
+listeners:
+  - address: %q
+    tls: {certificates: [{cert_file: %q, key_file: %q}]}
+admin: {address: %q}
+log: {level: info, format: json}
+routes: [{path: /, pool: p}]
+pools:
+  p: {backends: [{address: %q}]}
+`
+	cfgPath := writeConfig(t, fmt.Sprintf(conf, listen, site.CertFile, site.KeyFile, admin, backend))
+	p := startProcess(t, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+
+	// The certificate where the key belongs.
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(conf, listen, site.CertFile, site.CertFile, admin, backend)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, p, "reload failed")
+	var line string
+	for _, l := range strings.Split(p.stderr.String(), "\n") {
+		if strings.Contains(l, "reload failed") {
+			line = l
+		}
+	}
+	if !strings.Contains(line, "listeners[0].tls.certificates[0]: ") || !strings.Contains(line, "found a certificate rather than a key") {
+		t.Fatalf("reload failure does not name the key and the reason:\n%s", line)
+	}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}}
+	c, _, err := d.Dial("wss://"+listen+"/", nil)
+	if err != nil {
+		t.Fatalf("TLS listener after the refused reload: %v", err)
+	}
+	defer c.Close()
+	if got := exchange(t, c, "hi"); got != "b1:hi" {
+		t.Fatalf("got %q", got)
 	}
 }
