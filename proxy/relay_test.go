@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -523,3 +524,65 @@ func TestShutdownClosesSessionsWith1001(t *testing.T) {
 
 // Keep the net import used by helpers in other files.
 var _ = net.Dial
+
+const goneConfig = `
+listeners: [{address: "127.0.0.1:0"}]
+log: {access_log: false}
+defaults:
+  ping_interval: 0s
+routes:
+  - {path: /, pool: p}
+  - {path: /internal, pool: p, backend_gone_close_code: 1011}
+  - {path: /away, pool: p, backend_gone_close_code: 1001}
+pools:
+  p:
+    backends: [{address: "{{B0}}"}]
+`
+
+// A client whose backend vanished or broke the protocol gets the route's
+// backend_gone_close_code. gorilla/websocket (here its fasthttp fork)
+// refuses 1014 as an invalid code: it fails the connection as a protocol
+// error instead of reporting the Close, so the codes it accepts must be
+// configurable.
+func TestBackendGoneCloseCode(t *testing.T) {
+	b := startBackend(t, "b0", func(b *testBackend) {
+		b.onConn = func(c *websocket.Conn, ctx *fasthttp.RequestCtx) {
+			if bytes.HasSuffix(ctx.Path(), []byte("/violate")) {
+				// A masked frame from a server breaks RFC 6455 section 5.1.
+				c.NetConn().Write(clientFrame(true, wsframe.OpText, []byte("bad")))
+				c.ReadMessage()
+				return
+			}
+			c.NetConn().Close() // gone without a Close frame
+		}
+	})
+	p := startProxy(t, goneConfig, b.addr())
+	for _, tc := range []struct {
+		path   string
+		code   int // 0: the client fails the connection itself
+		reason string
+	}{
+		{"/vanish", 0, "bad close code 1014"},
+		{"/violate", 0, "bad close code 1014"},
+		{"/internal/vanish", 1011, "backend went away"},
+		{"/internal/violate", 1011, "backend broke the protocol"},
+		{"/away/vanish", 1001, "backend went away"},
+		{"/away/violate", 1001, "backend broke the protocol"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			c := dial(t, p.url(tc.path), nil)
+			_, _, err := c.ReadMessage()
+			code, text := closeCode(err)
+			if tc.code == 0 {
+				if code != -1 || !strings.Contains(text, tc.reason) {
+					t.Fatalf("client read %v, want a protocol error %q", err, tc.reason)
+				}
+				return
+			}
+			if code != tc.code || text != tc.reason {
+				t.Fatalf("client got close %d %q, want %d %q", code, text, tc.code, tc.reason)
+			}
+		})
+	}
+	p.waitSessions(t, 0)
+}

@@ -203,7 +203,7 @@ func (s *session) violation(x *side, code int, reason string) {
 	}
 	peerCode, peerReason := wsframe.CloseGoingAway, "client broke the protocol"
 	if x.kind == backendSide {
-		peerCode, peerReason = wsframe.CloseBadGateway, "backend broke the protocol"
+		peerCode, peerReason = s.backendGoneCode(), "backend broke the protocol"
 	}
 	if s.closedBy.CompareAndSwap(closedByNone, closedByProxy) {
 		s.closeCode.Store(int32(code))
@@ -240,7 +240,7 @@ func (s *session) tooBig(x *side) {
 		s.closeWith(wsframe.CloseTooBig, wsframe.CloseGoingAway, "message too big")
 		return
 	}
-	s.closeWith(wsframe.CloseBadGateway, wsframe.CloseTooBig, "message too big")
+	s.closeWith(s.backendGoneCode(), wsframe.CloseTooBig, "message too big")
 }
 
 // sideGone handles x going away: EOF or an error on read or write. A side
@@ -271,9 +271,9 @@ func (s *session) sideGone(x *side, err error) {
 		}
 		switch {
 		case x.kind == backendSide && stalled:
-			s.sendClose(y, wsframe.CloseBadGateway, "backend stopped reading")
+			s.sendClose(y, s.backendGoneCode(), "backend stopped reading")
 		case x.kind == backendSide:
-			s.sendClose(y, wsframe.CloseBadGateway, "backend went away")
+			s.sendClose(y, s.backendGoneCode(), "backend went away")
 		case stalled:
 			s.sendClose(y, wsframe.CloseGoingAway, "client stopped reading")
 		default:
@@ -281,6 +281,16 @@ func (s *session) sideGone(x *side, err error) {
 		}
 	}
 	s.maybeFinish()
+}
+
+// backendGoneCode is the Close code the client gets when its backend
+// vanished, stopped reading or broke the protocol: the route's
+// backend_gone_close_code, 1014 unless set.
+func (s *session) backendGoneCode() int {
+	if c := s.limits.BackendGoneCloseCode; c != 0 {
+		return c
+	}
+	return wsframe.CloseBadGateway
 }
 
 // writeFailed handles an error writing to x: nothing more can reach it.
