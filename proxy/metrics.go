@@ -284,6 +284,8 @@ var (
 		"Sessions failed because a peer broke RFC 6455 or a limit, by peer.", []string{"peer"}, nil)
 	descRateLimited = prometheus.NewDesc("wsproxy_message_rate_limited_total",
 		"Sessions closed (1008) because the client sent messages above its route's max_messages_per_second.", nil, nil)
+	descControlRateLimited = prometheus.NewDesc("wsproxy_control_frame_rate_limited_total",
+		"Sessions closed (1008) because the client sent pings, or pongs answering no proxy ping, above its route's max_control_frames_per_second.", nil, nil)
 	descTimeouts = prometheus.NewDesc("wsproxy_session_timeouts_total",
 		"Sessions closed by the read, idle or write timeout.", []string{"timeout"}, nil)
 	descHealthy = prometheus.NewDesc("wsproxy_backend_healthy",
@@ -312,7 +314,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descRouteLive, descRouteSessions, descBackendLive, descDraining, descHandshakes,
 		descLimited, descUnreadable, descSessionLimit, descAdmitted, descTracked, descUntracked,
 		descMessages, descBytes, descBackendMessages, descBackendBytes, descCloses,
-		descPings, descPongs, descViolations, descRateLimited, descTimeouts, descHealthy, descWeight,
+		descPings, descPongs, descViolations, descRateLimited, descControlRateLimited, descTimeouts, descHealthy, descWeight,
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
 	} {
 		ch <- d
@@ -437,6 +439,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descViolations, st.ViolationsClient.Load(), "client")
 	counter(descViolations, st.ViolationsBackend.Load(), "backend")
 	counter(descRateLimited, st.MessageRateLimited.Load())
+	counter(descControlRateLimited, st.ControlRateLimited.Load())
 	counter(descTimeouts, st.ReadTimeouts.Load(), "read")
 	counter(descTimeouts, st.IdleTimeouts.Load(), "idle")
 	counter(descTimeouts, st.WriteTimeouts.Load(), "write")

@@ -111,6 +111,7 @@ type side struct {
 
 	// write state: what is sent to this side
 	midFrame atomic.Bool // the bytes written so far end inside a frame
+	pingSeq  atomic.Uint32
 	ctrlMu   sync.Mutex
 	ctrl     []byte // proxy control frames waiting for a frame boundary
 	ctrlSet  atomic.Bool
@@ -123,7 +124,6 @@ type side struct {
 
 	lastRead atomic.Int64 // monotonic ns of the last bytes read
 	lastPing atomic.Int64 // monotonic ns of the last ping the proxy sent
-	pingSeq  atomic.Uint32
 
 	// raw socket calls, bound once (see rawRead, rawWrite)
 	readFn, writeFn func(fd uintptr) bool
@@ -463,6 +463,10 @@ func (x *side) relay(buf []byte, p, end int) {
 					return
 				}
 				fw = p + total
+			case ctrlLimited:
+				x.forward(buf[fw:p], false)
+				s.controlRateLimited(x)
+				return
 			case ctrlClose:
 				// Write through the Close frame now: the session may
 				// end as soon as it is out.
@@ -563,6 +567,30 @@ func (l *messageLimiter) allow(now int64) bool {
 	l.tokens--
 	return true
 }
+
+// allowControl takes from the client's control-frame budget for a ping, or
+// a pong that answers no proxy ping, read at now (monotonic ns). The
+// budget is a token bucket of max_control_frames_per_second with a burst
+// of twice that, kept as the generic cell rate algorithm does in one
+// number: the time at which the bucket would be full again.
+func (s *session) allowControl(now int64) bool {
+	rate := s.limits.MaxControlFramesPerSecond
+	if rate <= 0 {
+		return true
+	}
+	interval := int64(1e9 / rate)
+	tolerance := int64(controlBurst(rate)-1) * interval
+	tat := max(s.ctrlTAT, now)
+	if tat-now > tolerance {
+		return false
+	}
+	s.ctrlTAT = tat + interval
+	return true
+}
+
+// controlBurst is how many control frames a client may send at once at a
+// control-frame rate: twice the rate, at least one.
+func controlBurst(rate float64) float64 { return max(1, math.Ceil(2*rate)) }
 
 // forward writes a run of x's bytes to its peer and records whether the
 // peer's stream now ends inside a frame. It reports false when the session

@@ -42,6 +42,12 @@ func tcpPair(tb testing.TB) (dialed, accepted net.Conn) {
 // handshake: client -> [proxy] -> backend, for the relay's own costs.
 func bareSession(tb testing.TB) (client, backend net.Conn, ss *session) {
 	tb.Helper()
+	return bareSessionWith(tb, &Limits{MaxMessageBytes: 1 << 20})
+}
+
+// bareSessionWith is bareSession with the given limits.
+func bareSessionWith(tb testing.TB, limits *Limits) (client, backend net.Conn, ss *session) {
+	tb.Helper()
 	srv := &Server{log: zap.NewNop(), closeTimeout: time.Second}
 	srv.table.Store(&table{})
 	srv.sessions.init()
@@ -55,7 +61,7 @@ func bareSession(tb testing.TB) (client, backend net.Conn, ss *session) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ss.limits = &Limits{MaxMessageBytes: 1 << 20}
+	ss.limits = limits
 	ss.upstream = &balancer.Backend{Addr: "bench"}
 	ss.closeTimeout = time.Second
 	if err := ss.run(p); err != nil {
@@ -104,9 +110,13 @@ func (r *relayer) relay(tb testing.TB, batch []byte) {
 }
 
 func framesBatch(n, size int) []byte {
+	return opBatch(n, wsframe.OpBinary, size)
+}
+
+func opBatch(n int, op byte, size int) []byte {
 	var batch []byte
 	for i := 0; i < n; i++ {
-		batch = append(batch, clientFrame(true, wsframe.OpBinary, make([]byte, size))...)
+		batch = append(batch, clientFrame(true, op, make([]byte, size))...)
 	}
 	return batch
 }
@@ -123,6 +133,20 @@ func TestRelayAllocatesNothingPerFrame(t *testing.T) {
 	a2 := testing.AllocsPerRun(50, func() { r.relay(t, large) })
 	if perFrame := (a2 - a1) / 990; perFrame > 0.01 {
 		t.Fatalf("%.4f allocations per relayed frame (%.1f per 10 frames, %.1f per 1000)", perFrame, a1, a2)
+	}
+}
+
+// A client's ping costs a step of its control-frame budget, and no
+// allocation either.
+func TestRelayAllocatesNothingPerControlFrame(t *testing.T) {
+	client, backend, _ := bareSessionWith(t, &Limits{MaxMessageBytes: 1 << 20, MaxControlFramesPerSecond: 1e9})
+	small, large := opBatch(10, wsframe.OpPing, 125), opBatch(1000, wsframe.OpPing, 125)
+	r := newRelayer(t, client, backend, len(large))
+	r.relay(t, large)
+	a1 := testing.AllocsPerRun(50, func() { r.relay(t, small) })
+	a2 := testing.AllocsPerRun(50, func() { r.relay(t, large) })
+	if perFrame := (a2 - a1) / 990; perFrame > 0.01 {
+		t.Fatalf("%.4f allocations per relayed ping (%.1f per 10 pings, %.1f per 1000)", perFrame, a1, a2)
 	}
 }
 

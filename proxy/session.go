@@ -74,9 +74,14 @@ type session struct {
 	closedBy      atomic.Int32
 	draining      atomic.Bool
 	regMu         sync.Mutex // guards the sides' reg between run and finish
-	timer         *time.Timer
-	closeTimeout  time.Duration
-	unregister    func()
+	// ctrlPonged is the sequence number of the last proxy ping the client
+	// answered; ctrlTAT the state of its control-frame budget (see
+	// allowControl). The client's pump alone uses them.
+	ctrlPonged   uint32
+	ctrlTAT      int64
+	timer        *time.Timer
+	closeTimeout time.Duration
+	unregister   func()
 }
 
 // newSession builds a session over an upgraded client connection and the
@@ -216,20 +221,36 @@ func (s *session) violation(x *side, code int, reason string) {
 }
 
 // rateLimited closes the session after x, the client, sent messages
-// faster than its route allows: it gets 1008 and is not read any more, so
-// the backend never sees the flood; the backend gets a graceful close.
+// faster than its route allows.
 func (s *session) rateLimited(x *side) {
-	x.eof = true
 	s.srv.stats.MessageRateLimited.Add(1)
 	s.srv.log.Info("message rate limit exceeded", zap.String("route", s.route), zap.String("client", s.peer),
 		zap.Float64("max_messages_per_second", x.lim.rate), zap.Float64("burst", x.lim.burst))
+	s.closeLimited(x, "message rate limit exceeded", "client exceeded the message rate limit")
+}
+
+// controlRateLimited closes the session after x, the client, sent pings
+// (or pongs answering no proxy ping) faster than its route allows.
+func (s *session) controlRateLimited(x *side) {
+	s.srv.stats.ControlRateLimited.Add(1)
+	rate := s.limits.MaxControlFramesPerSecond
+	s.srv.log.Info("control frame rate limit exceeded", zap.String("route", s.route), zap.String("client", s.peer),
+		zap.Float64("max_control_frames_per_second", rate), zap.Float64("burst", controlBurst(rate)))
+	s.closeLimited(x, "control frame rate limit exceeded", "client exceeded the control frame rate limit")
+}
+
+// closeLimited closes the session after x, the client, went over a rate
+// limit: it gets 1008 and is not read any more, so the backend never sees
+// the flood; the backend gets a graceful close.
+func (s *session) closeLimited(x *side, reason, backendReason string) {
+	x.eof = true
 	if s.closedBy.CompareAndSwap(closedByNone, closedByProxy) {
 		s.closeCode.Store(wsframe.ClosePolicyViolation)
 	}
 	s.beginClosing()
 	x.closeRecv.Store(true)
-	s.sendClose(x, wsframe.ClosePolicyViolation, "message rate limit exceeded")
-	s.sendClose(x.peer, wsframe.CloseGoingAway, "client exceeded the message rate limit")
+	s.sendClose(x, wsframe.ClosePolicyViolation, reason)
+	s.sendClose(x.peer, wsframe.CloseGoingAway, backendReason)
 	s.maybeFinish()
 }
 
@@ -453,7 +474,8 @@ type ctrlAction uint8
 const (
 	ctrlForward ctrlAction = iota
 	ctrlDrop
-	ctrlClose // forward, and it is a Close
+	ctrlClose   // forward, and it is a Close
+	ctrlLimited // over the client's control-frame budget: close the session
 )
 
 // control decides what becomes of a control frame x sent.
@@ -469,13 +491,30 @@ func (x *side) control(h *wsframe.Header, payload []byte) ctrlAction {
 		wsframe.MaskBytes(h.Mask, 0, p[:n])
 	}
 	switch h.Opcode {
+	case wsframe.OpPing:
+		if x.kind == clientSide && !s.allowControl(x.lastRead.Load()) {
+			return ctrlLimited
+		}
 	case wsframe.OpPong:
 		if n == 8 && [4]byte(p[:4]) == s.pingTag {
 			seq := binary.BigEndian.Uint32(p[4:8])
-			if seq == x.pingSeq.Load() {
+			answer := seq == x.pingSeq.Load()
+			if answer {
 				s.srv.observePong(s, x.kind, time.Duration(monoNow()-x.lastPing.Load()))
 			}
+			if x.kind == clientSide {
+				// The first answer to the latest proxy ping is the
+				// proxy's; a late or repeated one costs the client.
+				if answer && seq != s.ctrlPonged {
+					s.ctrlPonged = seq
+				} else if !s.allowControl(x.lastRead.Load()) {
+					return ctrlLimited
+				}
+			}
 			return ctrlDrop
+		}
+		if x.kind == clientSide && !s.allowControl(x.lastRead.Load()) {
+			return ctrlLimited
 		}
 	case wsframe.OpClose:
 		x.closeRecv.Store(true)

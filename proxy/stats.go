@@ -44,6 +44,9 @@ type Stats struct {
 	// MessageRateLimited counts sessions closed for exceeding their
 	// route's message rate.
 	MessageRateLimited atomic.Int64
+	// ControlRateLimited counts sessions closed for exceeding their
+	// route's control-frame rate.
+	ControlRateLimited atomic.Int64
 	ReadTimeouts       atomic.Int64
 	IdleTimeouts       atomic.Int64
 	// WriteTimeouts counts sessions ended because a peer accepted no
