@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -13,7 +14,10 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
@@ -585,4 +589,60 @@ func TestBackendGoneCloseCode(t *testing.T) {
 		})
 	}
 	p.waitSessions(t, 0)
+}
+
+// A session that Shutdown finishes hard, its Close to the client never
+// written, is logged with what the client saw: 1006, no Close frame. Here
+// the backend stops inside a frame, so no Close can follow it.
+func TestHardFinishLogsWhatTheClientSaw(t *testing.T) {
+	b := startBackend(t, "b0", func(b *testBackend) {
+		b.onConn = func(c *websocket.Conn, _ *fasthttp.RequestCtx) {
+			// The header of a 100-byte frame and 10 bytes of it.
+			c.NetConn().Write(append(wsframe.AppendHeader(nil, true, wsframe.OpBinary, nil, 100), make([]byte, 10)...))
+			// Reads, but answers nothing, not even the proxy's Close,
+			// which would land inside the frame.
+			io.Copy(io.Discard, c.NetConn())
+		}
+	})
+	yaml := strings.NewReplacer("access_log: false", "access_log: true", "{{B0}}", b.addr()).Replace(basicConfig)
+	cfg, err := config.Parse("test.yaml", []byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.InfoLevel)
+	srv, err := New(Config{Config: cfg, Logger: zap.New(core), CloseTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &testProxy{srv: srv, ln: ln, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(p.stop)
+
+	rc := dialRaw(t, p, "/", nil)
+	if _, err := io.ReadFull(rc.br, make([]byte, 2+10)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := contextWithTimeout(200 * time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown returned nil; want its deadline passed with the session left")
+	}
+	_ = rc.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, _ := io.ReadAll(rc.br); len(rest) != 0 {
+		t.Fatalf("client got %d more bytes after the partial frame, want none: %x", len(rest), rest)
+	}
+	lines := logs.FilterMessage("session").All()
+	if len(lines) != 1 {
+		t.Fatalf("%d session lines, want 1", len(lines))
+	}
+	if f := lines[0].ContextMap(); f["close_code"] != int32(wsframe.CloseAbnormal) || f["closed_by"] != "proxy" {
+		t.Fatalf("session line says close %v by %v; the client saw 1006, no Close", f["close_code"], f["closed_by"])
+	}
 }

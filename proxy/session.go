@@ -367,6 +367,13 @@ func (s *session) finish() {
 		}
 		_ = x.conn.Close()
 	}
+	// Logs and metrics say what the client saw: a Close the proxy decided
+	// on but never wrote out (the session was finished hard, at the end
+	// of a shutdown, or while the client's stream stood inside a frame)
+	// reached nobody, and the client saw the connection drop.
+	if s.closedBy.Load() == closedByProxy && !s.client.closeFlushed.Load() {
+		s.closeCode.Store(wsframe.CloseAbnormal)
+	}
 	s.srv.metrics.retire(s) // unregisters
 	s.srv.sessionEnded(s)
 }
