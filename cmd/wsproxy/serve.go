@@ -256,7 +256,9 @@ loop:
 	return code
 }
 
-// shutdown drains sessions for up to timeout; a second signal ends at once.
+// shutdown drains sessions for up to timeout; a second signal ends at once,
+// closing the sessions left without their closing handshake (each is logged
+// with what its client saw), and a third does not wait for that.
 func (in *instance) shutdown(timeout time.Duration, sigs <-chan os.Signal) int {
 	if in.admin != nil {
 		in.admin.setNotReady()
@@ -274,6 +276,11 @@ func (in *instance) shutdown(timeout time.Duration, sigs <-chan os.Signal) int {
 		return 0
 	case sig := <-sigs:
 		in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
+		cancel()
+		select {
+		case <-done:
+		case <-sigs:
+		}
 		return 1
 	}
 }
