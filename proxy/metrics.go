@@ -275,7 +275,7 @@ var (
 	descBackendBytes = prometheus.NewDesc("wsproxy_backend_bytes_total",
 		"Bytes read from one peer of a session for the other, by backend and direction.", []string{"backend", "direction"}, nil)
 	descCloses = prometheus.NewDesc("wsproxy_session_closes_total",
-		"Ended sessions by route, first Close code (known codes, else \"other\"; 1006 when a peer vanished) and who closed first.", []string{"route", "code", "closed_by"}, nil)
+		"Ended sessions by route, first Close code (known codes, else \"other\"; 1006 when a peer vanished or the proxy's Close never reached the client) and who closed first.", []string{"route", "code", "closed_by"}, nil)
 	descPings = prometheus.NewDesc("wsproxy_pings_sent_total",
 		"Pings the proxy sent to silent peers, by peer.", []string{"peer"}, nil)
 	descPongs = prometheus.NewDesc("wsproxy_pongs_received_total",
