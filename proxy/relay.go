@@ -110,8 +110,8 @@ type side struct {
 	lim       *messageLimiter // nil: no message rate limit
 
 	// write state: what is sent to this side
-	midFrame atomic.Bool // the bytes written so far end inside a frame
-	pingSeq  atomic.Uint32
+	midFrame atomic.Bool   // the bytes written so far end inside a frame
+	pingSeq  atomic.Uint32 // of the proxy's last ping to this side
 	ctrlMu   sync.Mutex
 	ctrl     []byte // proxy control frames waiting for a frame boundary
 	ctrlSet  atomic.Bool

@@ -74,14 +74,15 @@ type session struct {
 	closedBy      atomic.Int32
 	draining      atomic.Bool
 	regMu         sync.Mutex // guards the sides' reg between run and finish
-	// ctrlPonged is the sequence number of the last proxy ping the client
-	// answered; ctrlTAT the state of its control-frame budget (see
-	// allowControl). The client's pump alone uses them.
-	ctrlPonged   uint32
-	ctrlTAT      int64
-	timer        *time.Timer
-	closeTimeout time.Duration
-	unregister   func()
+	timer         *time.Timer
+	closeTimeout  time.Duration
+	unregister    func()
+
+	// ctrlTAT is the state of the client's control-frame budget (see
+	// allowControl), ctrlPonged the sequence number of the last proxy
+	// ping the client answered. The client's pump alone uses them.
+	ctrlTAT    int64
+	ctrlPonged uint32
 }
 
 // newSession builds a session over an upgraded client connection and the
