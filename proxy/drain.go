@@ -19,14 +19,64 @@ import (
 // their own slot of the window and close at a random moment inside it. A
 // rate limit widens the slots; whatever is left when the window ends is
 // closed then.
+//
+// A drain can be called off for some of its sessions: a reload that puts
+// their backend back in their pool, or an undrain of their backend,
+// clears their mark before their moment comes, and the plan passes them
+// by. Each session records the plan that is to close it (drainedBy), so a
+// session reprieved and then drained again by a newer plan is closed by
+// that one only. Server.drainMu serialises marking and reprieving.
+
+// drainClosing is session.drainedBy once its drain close has begun: it
+// can no longer be reprieved.
+const drainClosing = ^uint32(0)
 
 // drainPlan is a batch of sessions to close.
 type drainPlan struct {
+	id       uint32 // set by claim; what drainedBy holds for its sessions
 	sessions []*session
 	window   time.Duration
 	rate     float64 // closes per second at most; 0 means no limit
 	code     int     // Close code for the clients
 	reason   string
+}
+
+// claim marks the sessions of d as d's to close, and leaves out those
+// already closing and, unless takeOver (shutdown), those another plan
+// will close. The caller holds s.drainMu.
+func (s *Server) claim(d *drainPlan, takeOver bool) {
+	d.id = s.drainSeq.Add(1)
+	for d.id == 0 || d.id == drainClosing {
+		d.id = s.drainSeq.Add(1)
+	}
+	kept := d.sessions[:0]
+	for _, ss := range d.sessions {
+		for {
+			cur := ss.drainedBy.Load()
+			if cur == drainClosing || cur != 0 && !takeOver {
+				break
+			}
+			if ss.drainedBy.CompareAndSwap(cur, d.id) {
+				if cur == 0 {
+					s.stats.SessionsDraining.Add(1)
+				}
+				kept = append(kept, ss)
+				break
+			}
+		}
+	}
+	d.sessions = kept
+}
+
+// reprieve calls off the drain of ss if its close has not begun, and
+// reports whether it did. The caller holds s.drainMu.
+func (s *Server) reprieve(ss *session) bool {
+	cur := ss.drainedBy.Load()
+	if cur == 0 || cur == drainClosing || !ss.drainedBy.CompareAndSwap(cur, 0) {
+		return false
+	}
+	s.stats.SessionsDraining.Add(-1)
+	return true
 }
 
 // offsets returns when, after the start, each session of a plan of n
@@ -51,19 +101,16 @@ func (d *drainPlan) offsets(n int) []time.Duration {
 	return out
 }
 
-// drain runs a plan: it closes each session at its moment, and the rest
-// when the window ends or ctx is done. It returns when every close has
-// been started.
+// drain runs a plan that claim marked: it closes each session still
+// marked for it at its moment, and the rest when the window ends or ctx is
+// done. Sessions reprieved, taken over by another plan or ended on their
+// own are passed by without a wait. It returns when every close has been
+// started.
 func (s *Server) drain(ctx context.Context, d drainPlan) {
 	if len(d.sessions) == 0 {
 		return
 	}
 	rand.Shuffle(len(d.sessions), func(i, j int) { d.sessions[i], d.sessions[j] = d.sessions[j], d.sessions[i] })
-	for _, ss := range d.sessions {
-		ss.draining.Store(true)
-	}
-	s.stats.SessionsDraining.Add(int64(len(d.sessions)))
-	defer s.stats.SessionsDraining.Add(-int64(len(d.sessions)))
 	s.log.Info("draining sessions", zap.Int("sessions", len(d.sessions)),
 		zap.Duration("window", d.window), zap.Float64("rate", d.rate), zap.String("reason", d.reason))
 	start := time.Now()
@@ -71,19 +118,32 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 	defer timer.Stop()
 	<-timer.C
 	for i, at := range d.offsets(len(d.sessions)) {
-		if wait := time.Until(start.Add(at)); wait > 0 {
+		ss := d.sessions[i]
+		if ss.drainedBy.Load() != d.id {
+			continue
+		}
+		if wait := time.Until(start.Add(at)); wait > 0 && !ss.done.Load() {
 			timer.Reset(wait)
 			select {
 			case <-timer.C:
 			case <-ctx.Done():
 				for _, ss := range d.sessions[i:] {
-					ss.drainClose(d.code, d.reason)
+					s.drainOne(&d, ss)
 				}
 				return
 			}
 		}
-		d.sessions[i].drainClose(d.code, d.reason)
+		s.drainOne(&d, ss)
 	}
+}
+
+// drainOne closes ss unless it is no longer d's to close.
+func (s *Server) drainOne(d *drainPlan, ss *session) {
+	if !ss.drainedBy.CompareAndSwap(d.id, drainClosing) {
+		return
+	}
+	s.stats.SessionsDraining.Add(-1)
+	ss.drainClose(d.code, d.reason)
 }
 
 // drainClose starts the closing handshake of a drained session: the

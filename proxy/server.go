@@ -80,6 +80,10 @@ type Server struct {
 	ctx    context.Context // ends at Shutdown; drains stop with it
 	cancel context.CancelFunc
 	drains sync.WaitGroup
+	// drainMu serialises deciding which sessions drain and which are
+	// reprieved (Update, DrainBackend, UndrainBackend, Shutdown).
+	drainMu  sync.Mutex
+	drainSeq atomic.Uint32 // drain plan ids
 }
 
 // New builds a Server for cfg.Config. It starts the pollers; Shutdown
@@ -178,7 +182,9 @@ var ErrServerClosed = errors.New("proxy: server closed")
 // Sessions whose backend left its pool or was given weight 0, and sessions
 // of a route or pool that is gone, are drained: closed gracefully, spread
 // over the drain timeout of their route and never faster than their
-// pool's drain rate. Every other session is left alone.
+// pool's drain rate. Every other session is left alone, and a session
+// still waiting for its drain close whose backend is back in its pool
+// (a removal undone by the next reload) stays open.
 func (s *Server) Update(c *config.Config) error {
 	old := s.table.Load()
 	t, err := s.buildTable(c, old)
@@ -200,9 +206,18 @@ func (s *Server) Update(c *config.Config) error {
 	}
 	s.backends.Retain(addrs)
 	s.metrics.retain(t)
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
 	plans := map[string]*drainPlan{}
+	reprieved := 0
 	s.sessions.each(func(ss *session) {
-		if ss.draining.Load() || t.keeps(ss) {
+		if t.keeps(ss) {
+			if !ss.upstream.Draining() && !s.stopping.Load() && s.reprieve(ss) {
+				reprieved++
+			}
+			return
+		}
+		if ss.drainedBy.Load() != 0 {
 			return
 		}
 		d := plans[ss.pool]
@@ -215,7 +230,11 @@ func (s *Server) Update(c *config.Config) error {
 		}
 		d.sessions = append(d.sessions, ss)
 	})
+	if reprieved > 0 {
+		s.log.Info("drain called off: backend back in its pool", zap.Int("sessions", reprieved))
+	}
 	for _, d := range plans {
+		s.claim(d, false)
 		s.drains.Add(1)
 		go s.drainInBackground(*d)
 	}
@@ -266,13 +285,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if deadline, ok := ctx.Deadline(); ok {
 		window = time.Until(deadline) * 8 / 10
 	}
-	var all []*session
-	s.sessions.each(func(ss *session) { all = append(all, ss) })
 	code := wsframe.CloseGoingAway
 	if t := s.table.Load(); t.drainCloseCode != 0 {
 		code = t.drainCloseCode
 	}
-	s.drain(ctx, drainPlan{sessions: all, window: window, code: code, reason: "proxy shutting down"})
+	d := drainPlan{window: window, code: code, reason: "proxy shutting down"}
+	s.drainMu.Lock()
+	s.sessions.each(func(ss *session) { d.sessions = append(d.sessions, ss) })
+	s.claim(&d, true)
+	s.drainMu.Unlock()
+	s.drain(ctx, d)
 	err := s.sessions.wait(ctx)
 	if err != nil {
 		s.sessions.each(func(ss *session) { ss.finish() })

@@ -72,7 +72,7 @@ type session struct {
 	done          atomic.Bool
 	closeCode     atomic.Int32
 	closedBy      atomic.Int32
-	draining      atomic.Bool
+	drainedBy     atomic.Uint32
 	regMu         sync.Mutex // guards the sides' reg between run and finish
 	timer         *time.Timer
 	closeTimeout  time.Duration

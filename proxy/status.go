@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"sort"
+
+	"go.uber.org/zap"
 )
 
 // Status is a snapshot of the routing table and its backends, for the
@@ -80,11 +82,12 @@ func (s *Server) DrainBackend(addr string) (int, error) {
 	if !t.lists(addr) {
 		return 0, ErrUnknownBackend
 	}
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
 	s.backends.Get(addr).SetDraining(true)
 	plans := map[string]*drainPlan{}
-	n := 0
 	s.sessions.each(func(ss *session) {
-		if ss.upstream.Addr != addr || ss.draining.Load() {
+		if ss.upstream.Addr != addr || ss.drainedBy.Load() != 0 {
 			return
 		}
 		d := plans[ss.pool]
@@ -96,22 +99,37 @@ func (s *Server) DrainBackend(addr string) (int, error) {
 			plans[ss.pool] = d
 		}
 		d.sessions = append(d.sessions, ss)
-		n++
 	})
+	n := 0
 	for _, d := range plans {
+		s.claim(d, false)
+		n += len(d.sessions)
 		s.drains.Add(1)
 		go s.drainInBackground(*d)
 	}
 	return n, nil
 }
 
-// UndrainBackend lets the backend at addr take new sessions again.
-// Sessions already drained stay closed.
+// UndrainBackend lets the backend at addr take new sessions again. Its
+// sessions still waiting for their drain close stay open (unless a reload
+// drains them too); those already closed stay closed.
 func (s *Server) UndrainBackend(addr string) error {
-	if !s.table.Load().lists(addr) {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	t := s.table.Load()
+	if !t.lists(addr) {
 		return ErrUnknownBackend
 	}
 	s.backends.Get(addr).SetDraining(false)
+	reprieved := 0
+	s.sessions.each(func(ss *session) {
+		if ss.upstream.Addr == addr && !s.stopping.Load() && t.keeps(ss) && s.reprieve(ss) {
+			reprieved++
+		}
+	})
+	if reprieved > 0 {
+		s.log.Info("drain called off: backend undrained", zap.String("backend", addr), zap.Int("sessions", reprieved))
+	}
 	return nil
 }
 
