@@ -47,6 +47,10 @@ func TestBadFiles(t *testing.T) {
 		{"bad-yaml-syntax.yaml", 18, "", "invalid YAML"},
 		{"bad-access-log-sample.yaml", 4, "log.access_log_sample", "1.5 is not a fraction"},
 		{"bad-header-bytes.yaml", 6, "admission.max_header_bytes", "512 is out of range"},
+		{"bad-pool-setting-indent.yaml", 10, "pools.backends", "looks like a pool setting: check its indentation"},
+		{"bad-route-setting-indent.yaml", 6, "pool", "looks like a route setting: check its indentation"},
+		{"bad-yaml-list-indent.yaml", 12, "", "invalid YAML: did not find expected key"},
+		{"bad-yaml-tab.yaml", 10, "", "invalid YAML: found a tab character"},
 	}
 	files, _ := filepath.Glob(testdata + "bad-*.yaml")
 	if len(files) != len(cases) {
@@ -112,6 +116,142 @@ func TestEveryErrorReported(t *testing.T) {
 				if errs[i].Line != w.line || errs[i].Key != w.key || !strings.Contains(errs[i].Msg, w.msg) {
 					t.Errorf("error %d: got %v, want line %d key %s containing %q", i, errs[i], w.line, w.key, w.msg)
 				}
+			}
+		})
+	}
+}
+
+// TestDedentedKeys checks that a key indented one level too little, so
+// that it reads as a pool name or a key of the mapping above, is reported
+// once as the setting it is, and nothing else is reported for its sake.
+func TestDedentedKeys(t *testing.T) {
+	const head = "listeners:\n  - address: \":8080\"\nroutes:\n  - {path: /, pool: chat}\n" // 4 lines
+	for _, tc := range []struct {
+		name, yaml string
+		want       string // every error, as printed; "" for a valid file
+	}{
+		{"pool settings under pools", head + `pools:
+  chat:
+  bounded_load: 1.25
+  backends:
+    - {address: "127.0.0.1:9001"}
+  health: {type: http, path: /healthz}
+`, "t.yaml:7: pools.bounded_load: looks like a pool setting, as do backends (line 8) and health (line 10): check their indentation (as written they name new pools, after pool chat)"},
+		{"pool setting before any pool", head + `pools:
+  backends:
+    - {address: "127.0.0.1:9001"}
+  chat:
+    backends: [{address: "127.0.0.1:9002"}]
+`, "t.yaml:6: pools.backends: looks like a pool setting: check its indentation (as written it names a new pool)"},
+		{"pool setting the pool has", head + `pools:
+  chat:
+    backends: [{address: "127.0.0.1:9001"}]
+  backends: [{address: "127.0.0.1:9002"}]
+`, "t.yaml:8: pools.backends: looks like a pool setting: check its indentation (as written it names a new pool, after pool chat)"},
+		{"moved setting still checked", head + `pools:
+  chat:
+    backends: [{address: "127.0.0.1:9001"}]
+  bounded_load: 0.5
+`, "t.yaml:8: pools.bounded_load: looks like a pool setting: check its indentation (as written it names a new pool, after pool chat)\n" +
+			"t.yaml:8: pools.chat.bounded_load: 0.5 is out of range: want 0 (off) or a factor from 1 to 100, like 1.25"},
+		{"pools named like settings", `listeners: [{address: ":8080"}]
+routes: [{path: /, pool: health}, {path: /b, pool: backends}]
+pools:
+  health: {backends: [{address: "127.0.0.1:9001"}]}
+  backends:
+    health: {type: tcp}
+    backends: [{address: "127.0.0.1:9002"}]
+`, ""},
+		{"route settings at the top level", `listeners: [{address: ":8080"}]
+routes:
+- path: /
+pool: chat
+hash_key: header:X-User
+pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
+`, "t.yaml:4: pool: looks like a route setting, as does hash_key (line 5): check their indentation (as written they are top-level keys, after routes)"},
+		{"defaults setting at the top level", head + `defaults:
+  idle_timeout: 5m
+read_timeout: 90s
+pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
+`, "t.yaml:7: read_timeout: looks like a defaults setting: check its indentation (as written it is a top-level key, after defaults)"},
+		{"listener setting at the top level", `listeners:
+- address: ":8080"
+tls: {min_version: "1.4"}
+routes: [{path: /, pool: chat}]
+pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
+`, "t.yaml:3: tls: looks like a listener setting: check its indentation (as written it is a top-level key, after listeners)\n" +
+			"t.yaml:3: listeners[0].tls.certificates: a TLS listener needs at least one certificate ({cert_file, key_file})\n" +
+			"t.yaml:3: listeners[0].tls.min_version: unknown TLS version \"1.4\": want \"1.2\" or \"1.3\""},
+		{"backend and health settings in a pool", head + `pools:
+  chat:
+    backends:
+    - address: "127.0.0.1:9001"
+    weight: 2
+    health:
+      type: http
+    path: /hz
+`, "t.yaml:9: pools.chat.weight: looks like a backend setting: check its indentation (as written it is a key of pools.chat, after backends)\n" +
+			"t.yaml:12: pools.chat.path: looks like a health setting: check its indentation (as written it is a key of pools.chat, after health)"},
+		{"admin setting at the top level", `admin:
+  pprof: true
+address: "127.0.0.1:9999"
+listeners: [{address: ":8080"}]
+routes: [{path: /, pool: chat}]
+pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
+`, "t.yaml:3: address: looks like an admin setting: check its indentation (as written it is a top-level key, after admin)"},
+		{"a typo stays a typo", head + `pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
+pool: x
+`, "t.yaml:6: pool: unknown key (did you mean pools?)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tc.yaml))
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if got != tc.want {
+				t.Errorf("got\n%s\nwant\n%s", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSyntaxErrorLines checks that a YAML syntax error is reported at the
+// line to edit, which yaml.v3 itself puts at the start of the mapping or
+// scalar it was reading.
+func TestSyntaxErrorLines(t *testing.T) {
+	for _, tc := range []struct {
+		name, yaml, want string
+	}{
+		{"list item indented more than the one above", "pools:\n  chat:\n    backends:\n    - {address: a}\n     - {address: b}\n",
+			"t.yaml:5: invalid YAML: did not find expected key (check this line's indentation)"},
+		{"list item indented less than the one above", "pools:\n  chat:\n    backends:\n      - {address: a}\n    - {address: b}\n",
+			"t.yaml:5: invalid YAML: did not find expected key (check this line's indentation)"},
+		{"key of a list item indented less than the item", "routes:\n  - path: /\n    exact: true\n  pool: p\n",
+			"t.yaml:4: invalid YAML: did not find expected '-' indicator (check this line's indentation)"},
+		{"key of a list item at the dash", "pools:\n  chat:\n    backends:\n      - address: a\n      weight: 2\n",
+			"t.yaml:5: invalid YAML: did not find expected '-' indicator (check this line's indentation)"},
+		{"key indented less than the one above", "a:\n  b: 1\n c: 2\n",
+			"t.yaml:3: invalid YAML: did not find expected key (check this line's indentation)"},
+		{"tab before a key", "pools:\n  chat:\n    bounded_load: 1.25\n\tbackends: []\n",
+			"t.yaml:4: invalid YAML: found a tab character that violates indentation (indent with spaces, not tabs)"},
+		{"tab before a list item", "pools:\n  chat:\n    backends:\n      - {address: a}\n\t  - {address: b}\n",
+			"t.yaml:5: invalid YAML: found character that cannot start any token (indent with spaces, not tabs)"},
+		{"tab on the first line", "\tlisteners: []\n",
+			"t.yaml:1: invalid YAML: found character that cannot start any token (indent with spaces, not tabs)"},
+		{"windows line ends", "pools:\r\n  chat:\r\n    backends:\r\n    - {address: a}\r\n     - {address: b}\r\n",
+			"t.yaml:5: invalid YAML: did not find expected key (check this line's indentation)"},
+		{"unclosed quote", "a: 1\nb: \"x\nc: 2\n",
+			"t.yaml:2: invalid YAML: found unexpected end of stream"},
+		{"unknown alias", "a: 1\nb: 2\nc: *x\n",
+			"t.yaml:3: invalid YAML: unknown anchor 'x' referenced"},
+		{"multi-line flow list before the mistake", "routes: [\n  {path: /},\n  {path: /b}\n]\na:\n  b: 1\n c: 2\n",
+			"t.yaml:7: invalid YAML: did not find expected key (check this line's indentation)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("t.yaml", []byte(tc.yaml))
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("got  %v\nwant %s", err, tc.want)
 			}
 		})
 	}

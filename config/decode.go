@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -58,7 +60,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	d.cfg = cfg
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		d.errs = append(d.errs, syntaxError(name, err))
+		d.errs = append(d.errs, syntaxError(name, data, err))
 		return nil, d.errors()
 	}
 	if len(root.Content) == 0 {
@@ -90,8 +92,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	return cfg, nil
 }
 
-// syntaxError turns a YAML parse error into a FieldError with its line.
-func syntaxError(file string, err error) FieldError {
+// syntaxError turns a YAML parse error into a FieldError at the line to
+// edit.
+func syntaxError(file string, data []byte, err error) FieldError {
 	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	line := 1
 	if rest, ok := strings.CutPrefix(msg, "line "); ok {
@@ -107,7 +110,61 @@ func syntaxError(file string, err error) FieldError {
 			}
 		}
 	}
+	line, text := problemLine(data, err, line)
+	indent := text[:len(text)-len(strings.TrimLeft(text, " \t"))]
+	switch {
+	case strings.Contains(indent, "\t") || strings.Contains(msg, "tab character"):
+		msg += " (indent with spaces, not tabs)"
+	case strings.HasPrefix(msg, "did not find expected key"), strings.HasPrefix(msg, "did not find expected '-' indicator"):
+		msg += " (check this line's indentation)"
+	}
 	return FieldError{File: file, Line: line, Msg: "invalid YAML: " + msg}
+}
+
+// problemLine returns the line where the YAML parser met its problem, and
+// that line's text. yaml.v3 reports the line of the construct it was
+// parsing: the mapping that a misindented list item breaks, the scalar
+// before a line indented with a tab, lines before the one to edit. The
+// prefixes of the file in whole lines fail with that very error (same
+// message, same line) from the problem's line on, and parse or fail
+// otherwise before it, so a binary search from the reported line finds
+// it. Files with line breaks other than LF and CRLF, which yaml.v3 counts
+// too, keep the reported line.
+func problemLine(data []byte, err error, reported int) (int, string) {
+	if !utf8.Valid(data) || bytes.ContainsAny(data, "\u0085\u2028\u2029") ||
+		bytes.Count(data, []byte("\r")) != bytes.Count(data, []byte("\r\n")) {
+		return reported, ""
+	}
+	var ends []int // ends[i] is the offset just past line i+1
+	for i, c := range data {
+		if c == '\n' {
+			ends = append(ends, i+1)
+		}
+	}
+	if len(ends) == 0 || ends[len(ends)-1] != len(data) {
+		ends = append(ends, len(data))
+	}
+	fails := func(lines int) bool {
+		var n yaml.Node
+		e := yaml.Unmarshal(data[:ends[lines-1]], &n)
+		return e != nil && e.Error() == err.Error()
+	}
+	lo, hi := max(1, min(reported-1, len(ends))), len(ends)
+	for lo < hi {
+		if mid := (lo + hi) / 2; fails(mid) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	if !fails(lo) {
+		return reported, ""
+	}
+	start := 0
+	if lo > 1 {
+		start = ends[lo-2]
+	}
+	return lo, strings.TrimRight(string(data[start:ends[lo-1]]), "\r\n")
 }
 
 // decoder walks a YAML tree into a Config, recording the line of every key
@@ -254,8 +311,8 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, kind string
 		if v.IsNil() {
 			v.Set(reflect.MakeMap(v.Type()))
 		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
+		for _, ent := range d.mapEntries(n, path, v.Type().Elem()) {
+			k, val := ent.k, ent.val
 			kpath := join(path, k.Value)
 			if v.MapIndex(reflect.ValueOf(k.Value)).IsValid() {
 				d.fail(k, kpath, "defined twice")
@@ -372,17 +429,24 @@ func (d *decoder) decodeStruct(n *yaml.Node, path string, v reflect.Value, skip 
 	}
 	fields := fieldsOf(v.Type())
 	seen := map[string]bool{}
+	prev := "" // the last known key
+	var run *misplaced
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, val := n.Content[i], n.Content[i+1]
 		kpath := join(path, k.Value)
 		if skip[k.Value] {
+			prev, run = k.Value, nil
 			continue
 		}
 		f, ok := fields[k.Value]
 		if !ok {
-			d.fail(k, kpath, "unknown key%s", suggest(k.Value, fields))
+			if !d.dedented(&run, k, val, path, v, fields, prev) {
+				run = nil
+				d.fail(k, kpath, "unknown key%s", suggest(k.Value, fields))
+			}
 			continue
 		}
+		prev, run = k.Value, nil
 		if seen[k.Value] {
 			d.fail(k, kpath, "defined twice")
 			continue
