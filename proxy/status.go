@@ -78,12 +78,12 @@ var ErrUnknownBackend = errors.New("no pool lists this backend")
 // their pool's drain rate). The mark survives reloads until
 // UndrainBackend. It returns the number of sessions being drained.
 func (s *Server) DrainBackend(addr string) (int, error) {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
 	t := s.table.Load()
 	if !t.lists(addr) {
 		return 0, ErrUnknownBackend
 	}
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
 	s.backends.Get(addr).SetDraining(true)
 	plans := map[string]*drainPlan{}
 	s.sessions.each(func(ss *session) {
