@@ -137,6 +137,25 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 	}
 }
 
+// drainIfRemoved drains a session that has just registered if a reload
+// took its backend, route or pool away while its handshake was in flight:
+// that reload looked at the live sessions before this one was among them.
+// The common case costs one table lookup and takes no lock.
+func (s *Server) drainIfRemoved(ss *session) {
+	if s.table.Load().keeps(ss) {
+		return
+	}
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	if s.stopping.Load() || ss.drainedBy.Load() != 0 || s.table.Load().keeps(ss) {
+		return
+	}
+	d := &drainPlan{sessions: []*session{ss}, window: ss.limits.DrainTimeout, code: ss.limits.DrainCloseCode, reason: "backend removed"}
+	s.claim(d, false)
+	s.drains.Add(1)
+	go s.drainInBackground(*d)
+}
+
 // drainOne closes ss unless it is no longer d's to close.
 func (s *Server) drainOne(d *drainPlan, ss *session) {
 	if !ss.drainedBy.CompareAndSwap(d.id, drainClosing) {

@@ -3,10 +3,12 @@ package proxy
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
 
 	"github.com/wsproxy/wsproxy/config"
 )
@@ -278,5 +280,57 @@ pools:
 	p.waitSessions(t, 0)
 	if d := p.srv.Stats().SessionsDraining.Load(); d != 0 {
 		t.Fatalf("%d sessions draining after the drains ended, want 0", d)
+	}
+}
+
+// TestSessionRegisteredDuringReloadDrains removes a backend by a reload
+// while a handshake with it is in flight: the session that registers after
+// the reload looked at the live sessions is drained all the same, instead
+// of living on a backend no pool lists.
+func TestSessionRegisteredDuringReloadDrains(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	release := make(chan struct{})
+	b0 := startBackend(t, "b0", func(b *testBackend) {
+		b.reject = true // every request reaches onHTTP, upgrades included
+		b.onHTTP = func(ctx *fasthttp.RequestCtx) {
+			arrived <- struct{}{}
+			<-release
+			_ = b.upgrader.Upgrade(ctx, func(c *websocket.Conn) {
+				defer c.Close()
+				echo(c)
+			})
+		}
+	})
+	b1 := startBackend(t, "b1")
+	cfg := func(b *testBackend) string {
+		return strings.Replace(fmt.Sprintf(readdConfig, fmt.Sprintf("      - {address: %q}\n", b.addr())), "drain_timeout: 5s", "drain_timeout: 300ms", 1)
+	}
+	p := startProxy(t, cfg(b0))
+	dialed := make(chan *websocket.Conn, 1)
+	go func() {
+		c, _, err := websocket.DefaultDialer.Dial(p.url("/"), nil)
+		if err != nil {
+			t.Error(err)
+		}
+		dialed <- c
+	}()
+	<-arrived // the proxy waits for b0's 101
+	next, err := config.Parse("reload.yaml", []byte(cfg(b1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.srv.Update(next); err != nil {
+		t.Fatal(err)
+	}
+	close(release) // the session registers after the reload
+	c := <-dialed
+	if c == nil {
+		return
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _, err = c.ReadMessage()
+	if code, _ := closeCode(err); code != 1001 {
+		t.Fatalf("the late session ended with %v, want a drain close 1001", err)
 	}
 }

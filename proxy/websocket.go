@@ -280,7 +280,9 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	if err := ss.run(s.pollers.Pick()); err != nil {
 		s.log.Error("session could not start", zap.Error(err))
 		ss.finish()
+		return
 	}
+	s.drainIfRemoved(ss)
 }
 
 // drainBuffered returns the bytes fasthttp read past the handshake: a read
