@@ -142,3 +142,24 @@ func (p *Pool) PickExcluding(key uint64, tried []*Backend) *Backend {
 	}
 	return t.scan(s, tried, bd)
 }
+
+// PickUnbounded is Pick without the load bound: the first backend in key's
+// preference order that is healthy, not draining and has a positive weight,
+// whatever the loads. Requests that belong to a session placed by the plain
+// hash (a client's long-polls, and the upgrade that continues them) use it,
+// so that a bound reached between two of them does not send the next one to
+// another backend. Without BoundedLoad it is Pick.
+func (p *Pool) PickUnbounded(key uint64) *Backend {
+	t := p.cur.Load()
+	if len(t.members) == 0 {
+		return nil
+	}
+	s := slotOf(key)
+	top := (*[candidates]uint16)(t.slots[s*candidates:])
+	for _, i := range top {
+		if b := t.members[i].b; b.usable() {
+			return b
+		}
+	}
+	return t.scan(s, nil, bound{})
+}

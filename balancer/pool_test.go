@@ -474,3 +474,52 @@ func TestPoolWeightsOverrideSharedBackend(t *testing.T) {
 		t.Fatal("pools wrote to shared backends")
 	}
 }
+
+// TestPickUnbounded checks that PickUnbounded follows the key's plain hash
+// while the bounded Pick walks past full backends: a client's long-polls
+// keep their backend however the loads move, and health still counts.
+func TestPickUnbounded(t *testing.T) {
+	bs := testBackends(5)
+	bounded := NewPool(PoolConfig{Backends: bs, BoundedLoad: 1.25})
+	plain := NewPool(PoolConfig{Backends: testBackends(5)})
+	keys := testKeys(2000)
+	want := assign(plain, keys) // the plain hash
+	// Load the first key's backend far over its bound.
+	full := bounded.PickUnbounded(keys[0])
+	for range 50 {
+		full.Acquire()
+	}
+	defer func() {
+		for full.Sessions() > 0 {
+			full.Release()
+		}
+	}()
+	moved := 0
+	for i, k := range keys {
+		got := bounded.PickUnbounded(k)
+		if got == nil || got.Addr != want[i] {
+			t.Fatalf("key %d: PickUnbounded = %v, want the plain hash's %s", i, got, want[i])
+		}
+		if b := bounded.Pick(k); b.Addr != want[i] {
+			moved++
+			if b == full {
+				t.Fatalf("key %d: Pick chose the full backend", i)
+			}
+		}
+	}
+	if moved == 0 {
+		t.Fatal("no bounded pick moved: the bound never applied and the test shows nothing")
+	}
+	// An unhealthy backend is skipped, as by Pick.
+	full.SetHealthy(false)
+	defer full.SetHealthy(true)
+	if b := bounded.PickUnbounded(keys[0]); b == nil || b == full {
+		t.Fatalf("PickUnbounded = %v, want a healthy backend other than %s", b, full.Addr)
+	}
+	if n := testing.AllocsPerRun(100, func() { bounded.PickUnbounded(keys[1]) }); n != 0 {
+		t.Errorf("PickUnbounded: %v allocations, want 0", n)
+	}
+	if p := NewPool(PoolConfig{}); p.PickUnbounded(1) != nil {
+		t.Fatal("empty pool picked a backend")
+	}
+}

@@ -7,8 +7,8 @@
 //	defer m.Close()
 //	m.Update(specs)                // at start and on every reload
 //	...
-//	m.ReportFailure(addr, err)     // the proxy could not dial or handshake
-//	m.ReportSuccess(addr)          // the proxy reached the backend
+//	m.ReportFailure(pool, addr, err) // the proxy could not dial or handshake
+//	m.ReportSuccess(addr)            // the proxy reached the backend
 //
 // health does not import the balancer: it reports through StatusSetter,
 // which balancer.Registry implements, and through the optional

@@ -19,9 +19,8 @@ type StatusSetter interface {
 
 // Change is a backend's state change.
 type Change struct {
-	// Pool is the pool whose check caused the change; empty when the
-	// proxy's failure reports did, or when the address left the
-	// configuration.
+	// Pool is the pool whose check or whose failure reports caused the
+	// change; empty when the address left the configuration.
 	Pool string
 	// Addr is the backend address.
 	Addr string
@@ -209,11 +208,12 @@ func (m *Manager) Update(pools []PoolSpec) {
 	m.flush()
 }
 
-// ReportFailure tells passive checking that the proxy could not reach addr
-// (dial or handshake failure). PassiveFailures of them in a row take the
-// backend out at once; only its active checks bring it back. Unknown
-// addresses are ignored.
-func (m *Manager) ReportFailure(addr string, err error) {
+// ReportFailure tells passive checking that the proxy could not reach addr,
+// a member of pool (the backend's own failure: refused, timed out, reset).
+// PassiveFailures of them in a row take the backend out at once; only its
+// active checks bring it back. The change names pool. Unknown addresses are
+// ignored.
+func (m *Manager) ReportFailure(pool, addr string, err error) {
 	st := (*m.snap.Load())[addr]
 	if st == nil || !st.up.Load() {
 		return
@@ -232,7 +232,7 @@ func (m *Manager) ReportFailure(addr string, err error) {
 		c.up, c.successes, c.failures = false, 0, 0
 		c.wakeUp()
 	}
-	m.recompute(st, "", fmt.Sprintf("%d consecutive connection failures reported by the proxy, last: %v", n, err), time.Now())
+	m.recompute(st, pool, fmt.Sprintf("%d consecutive connection failures reported by the proxy, last: %v", n, err), time.Now())
 	m.mu.Unlock()
 	m.flush()
 }

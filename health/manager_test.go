@@ -188,20 +188,20 @@ func TestPassive(t *testing.T) {
 	m.Update([]PoolSpec{{Pool: "p", Backends: []string{b.addr}, Spec: spec}})
 	waitHeld(t, ph) // no probe is in flight but the held one
 
-	m.ReportFailure(b.addr, errDial)
-	m.ReportFailure(b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
 	m.ReportSuccess(b.addr) // resets the count
-	m.ReportFailure(b.addr, errDial)
-	m.ReportFailure(b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
 	if up, _ := m.State(b.addr); !up {
 		t.Fatal("down before 3 failures in a row")
 	}
-	m.ReportFailure(b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
 	if up, _ := m.State(b.addr); up {
 		t.Fatal("still up after 3 failures in a row")
 	}
 	down := rec.waitChange(t, b.addr, 0, false)
-	if down.Pool != "" || !strings.Contains(down.Reason, "reported by the proxy") {
+	if down.Pool != "p" || !strings.Contains(down.Reason, "reported by the proxy") {
 		t.Errorf("down = %+v, want a passive change", down.Change)
 	}
 	m.ReportSuccess(b.addr)
@@ -255,7 +255,7 @@ func TestPassiveThreshold(t *testing.T) {
 					}
 					return
 				}
-				m.ReportFailure(b.addr, errDial)
+				m.ReportFailure("p", b.addr, errDial)
 			}
 			if tc.want != 0 {
 				t.Fatalf("up after 10 failures, want down after %d", tc.want)
@@ -279,8 +279,8 @@ func TestPassiveWithoutActiveCheck(t *testing.T) {
 	m.Update([]PoolSpec{{Pool: "p", Backends: []string{tb.addr}, Spec: spec}})
 
 	tb.stop()
-	m.ReportFailure(tb.addr, errDial)
-	m.ReportFailure(tb.addr, errDial)
+	m.ReportFailure("p", tb.addr, errDial)
+	m.ReportFailure("p", tb.addr, errDial)
 	down := rec.waitChange(t, tb.addr, 0, false)
 	if down.served != 0 || down.probes != 0 {
 		t.Errorf("%d probes before the trip, want none", down.probes)
@@ -297,8 +297,8 @@ func TestPassiveWithoutActiveCheck(t *testing.T) {
 	}
 
 	// Up again: the checker idles until the next trip.
-	m.ReportFailure(tb.addr, errDial)
-	m.ReportFailure(tb.addr, errDial)
+	m.ReportFailure("p", tb.addr, errDial)
+	m.ReportFailure("p", tb.addr, errDial)
 	if again := rec.waitChange(t, tb.addr, 2, false); again.probes != up.probes {
 		t.Errorf("%d probes while up, want none", again.probes-up.probes)
 	}
@@ -319,7 +319,7 @@ func TestInvalidSpec(t *testing.T) {
 	if up, ok := m.State(addr); !up || !ok {
 		t.Fatalf("State = %v, %v; want up", up, ok)
 	}
-	m.ReportFailure(addr, errDial)
+	m.ReportFailure("p", addr, errDial)
 	if up, _ := m.State(addr); up {
 		t.Fatal("passive check off after an invalid spec")
 	}
@@ -337,7 +337,7 @@ func TestChangeLog(t *testing.T) {
 	spec.Interval = time.Hour
 	spec.PassiveFailures = 1
 	m.Update([]PoolSpec{{Pool: "p", Backends: []string{b.addr}, Spec: spec}})
-	m.ReportFailure(b.addr, errDial)
+	m.ReportFailure("p", b.addr, errDial)
 	m.Update(nil) // forgets it: up
 
 	entries := logs.All()
@@ -394,7 +394,7 @@ func TestClose(t *testing.T) {
 			if _, ok := m.State("127.0.0.1:1"); ok {
 				t.Error("Update after Close added a backend")
 			}
-			m.ReportFailure(b.addr, errDial)
+			m.ReportFailure("p", b.addr, errDial)
 			m.Close()
 		})
 	}
@@ -410,14 +410,14 @@ func TestCallbacksMayReport(t *testing.T) {
 	m = NewManager(t.Context(), Config{OnChange: func(ch Change) {
 		got = append(got, ch)
 		if !ch.Up && ch.Addr == addrs[0] {
-			m.ReportFailure(addrs[1], errDial) // delivered after this one
+			m.ReportFailure("p", addrs[1], errDial) // delivered after this one
 		}
 		m.State(ch.Addr)
 	}})
 	defer m.Close()
 	spec := Spec{Interval: time.Hour, PassiveFailures: 1}
 	m.Update([]PoolSpec{{Pool: "p", Backends: addrs, Spec: spec}})
-	m.ReportFailure(addrs[0], errDial)
+	m.ReportFailure("p", addrs[0], errDial)
 	var order []string
 	for _, ch := range got {
 		order = append(order, ch.Addr)

@@ -22,9 +22,11 @@ import (
 type Limits = config.Limits
 
 // FailureReporter hears about backends the proxy could not reach, so that
-// passive health checking can take them out. health.Manager implements it.
+// passive health checking can take them out: only the backend's own
+// failures (see classify), each with the pool it was picked from. A
+// success resets the count. health.Manager implements it.
 type FailureReporter interface {
-	ReportFailure(addr string, err error)
+	ReportFailure(pool, addr string, err error)
 	ReportSuccess(addr string)
 }
 
