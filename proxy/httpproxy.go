@@ -1,37 +1,45 @@
 package proxy
 
 import (
-	"crypto/tls"
-	"errors"
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http/httputil"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/valyala/fasthttp"
-	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
 )
 
-// Plain HTTP on a route (long-polling fallbacks, Server-Sent Events, pages)
-// goes to the backend the same hash picks, so that a client's polls and its
-// WebSocket land on one backend.
+// Plain HTTP on a route (long-polling fallbacks, Server-Sent Events, pages,
+// downloads, uploads) goes to the backend the plain hash picks, without
+// load bounds, so that a client's polls and its WebSocket land on one
+// backend. Both bodies stream: neither is held whole in memory.
+//
+// Timeouts: the connect (and TLS handshake) is bounded by the route's
+// handshake_timeout; read_timeout bounds the silence between two reads from
+// the backend, the wait for the response head included, never a whole
+// response; write_timeout bounds a write to the backend that makes no
+// progress. A request sent on a pooled connection that fails before any
+// answer byte is sent again once on a fresh connection when its method is
+// idempotent or its body was not sent (as Go's net/http does).
 
-// newHostClient returns the plain HTTP client for one backend, over TLS
-// when tlsConfig is set.
-func newHostClient(addr string, tlsConfig *tls.Config) *fasthttp.HostClient {
-	return &fasthttp.HostClient{
-		Addr:                          addr,
-		IsTLS:                         tlsConfig != nil,
-		TLSConfig:                     tlsConfig,
-		NoDefaultUserAgentHeader:      true,
-		DisablePathNormalizing:        true,
-		DisableHeaderNamesNormalizing: true,
-		MaxConns:                      4096,
-		MaxConnWaitTimeout:            5 * time.Second,
-		MaxIdleConnDuration:           30 * time.Second,
-		StreamResponseBody:            true,
-		RetryIfErr:                    func(*fasthttp.Request, int, error) (bool, bool) { return false, false },
-	}
-}
+// maxReplayBody is the largest request body read whole before it is sent,
+// so that the request can be sent again on a fresh connection. Longer
+// bodies stream and are sent once.
+const maxReplayBody = 64 << 10
+
+// copyBufPool holds the buffers request bodies stream through.
+var copyBufPool = sync.Pool{New: func() any {
+	b := make([]byte, 32<<10)
+	return &b
+}}
 
 // serveProxyHTTP proxies a plain HTTP request. The response streams
 // through: a body of unknown length (Server-Sent Events, chunked) is passed
@@ -49,75 +57,368 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
 	key := rt.key.Hash(&ctx.Request, clientIP)
-	b := rt.pool.lb.Pick(key)
+	b := rt.pool.lb.PickUnbounded(key)
 	if b == nil {
-		refuse(ctx, fasthttp.StatusServiceUnavailable, "no healthy backend", 5)
+		refuse(ctx, noBackend.status, noBackend.reason, noBackend.retryAfter)
 		return
 	}
 	backend = b.Addr
 	hc := rt.pool.clients[b.Addr]
-	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: append([]byte(nil), h.Host()...), proto: "http"}
+	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
 	if ctx.IsTLS() {
 		f.proto = "https"
 	}
-	var fw []byte
-	fw = appendForwarded(fw, h, &f, peer)
-	connection := h.PeekAll("Connection")
-	var drop [][]byte
-	h.VisitAll(func(k, v []byte) {
-		if skipHeader(k, connection) && string(k) != "Host" {
-			drop = append(drop, append([]byte(nil), k...))
-		}
-	})
-	for _, k := range drop {
-		h.DelBytes(k)
-	}
-	setRawHeaders(h, fw)
 
-	deadline := time.Now().Add(rt.limits.ReadTimeout)
-	if rt.limits.ReadTimeout <= 0 {
-		deadline = time.Now().Add(24 * time.Hour)
-	}
-	err := hc.DoDeadline(&ctx.Request, &ctx.Response, deadline)
-	if err != nil {
-		s.stats.HTTPBackendErrors.Add(1)
-		s.log.Warn("backend request failed", zap.String("backend", b.Addr), zap.Error(err))
-		ctx.Response.Reset()
-		switch {
-		case errors.Is(err, fasthttp.ErrNoFreeConns):
-			refuse(ctx, fasthttp.StatusServiceUnavailable, "backend busy", 1)
-		case isTimeout(err):
-			refuse(ctx, fasthttp.StatusGatewayTimeout, "backend timed out", 1)
-		default:
-			if s.health != nil {
-				s.health.ReportFailure(b.Addr, err)
-			}
-			refuse(ctx, fasthttp.StatusBadGateway, "backend unreachable", 1)
+	bp := reqPool.Get().(*[]byte)
+	defer reqPool.Put(bp)
+	cb := clientBody{ctx: ctx, timeout: rt.limits.ReadTimeout, want: int64(h.ContentLength())}
+	var stream io.Reader // a body sent as it arrives, once
+	chunked := false
+	bodyLen := 0
+	if ctx.Request.IsBodyStream() {
+		cb.r = ctx.RequestBodyStream()
+		bodyLen = h.ContentLength()
+		if bodyLen < 0 || bodyLen > maxReplayBody {
+			stream, chunked = &cb, bodyLen < 0
 		}
+	} else {
+		bodyLen = len(ctx.Request.Body())
+	}
+	msg := appendProxyRequest((*bp)[:0], &ctx.Request, &proxyRequest{
+		forwarded: f, peer: peer, backend: b.Addr, bodyLen: bodyLen, keepAlive: hc.idleTimeout > 0,
+	})
+	switch {
+	case stream != nil:
+	case ctx.Request.IsBodyStream():
+		n := len(msg)
+		msg = slices.Grow(msg, bodyLen)[:n+bodyLen]
+		if _, err := io.ReadFull(&cb, msg[n:]); err != nil {
+			*bp = msg[:0]
+			s.httpFailed(ctx, rt, b, err, exchange{client: err})
+			return
+		}
+	default:
+		msg = append(msg, ctx.Request.Body()...)
+	}
+	*bp = msg[:0]
+
+	idempotent := isIdempotent(ctx.Method(), h)
+	for attempt := 0; ; attempt++ {
+		var bc *backendConn
+		if attempt == 0 {
+			bc = hc.get()
+		}
+		if bc == nil {
+			var err error
+			bc, err = hc.dial(rt.limits.HandshakeTimeout, rt.pool.tls[b.Addr])
+			if err != nil {
+				s.httpFailed(ctx, rt, b, err, exchange{})
+				return
+			}
+		}
+		bc.begin(rt.limits.ReadTimeout, rt.limits.WriteTimeout)
+		err := sendRequest(bc, msg, stream, chunked)
+		if err == nil {
+			err = readResponseHead(bc, &ctx.Response)
+		}
+		if err == nil {
+			if s.health != nil {
+				s.health.ReportSuccess(b.Addr)
+			}
+			s.relayResponse(ctx, hc, bc)
+			return
+		}
+		_ = bc.Close()
+		x := exchange{dialed: true, reused: bc.reused, client: cb.err, heard: bc.heard}
+		// A pooled connection the backend closed while idle: nothing
+		// was heard, so the request may go again if sending it again
+		// cannot repeat its effect.
+		bodyNotSent := bodyLen == 0 || (stream != nil && cb.n == 0)
+		if attempt == 0 && x.reused && !x.heard && x.client == nil && !isTimeout(err) &&
+			(stream == nil || cb.n == 0) && (idempotent || bodyNotSent) {
+			s.stats.HTTPRetries.Add(1)
+			continue
+		}
+		ctx.Response.Reset()
+		s.httpFailed(ctx, rt, b, err, x)
 		return
-	}
-	for _, name := range hopHeaders {
-		ctx.Response.Header.Del(name)
-	}
-	if ctx.Response.IsBodyStream() {
-		ctx.Response.ImmediateHeaderFlush = true
 	}
 }
 
-// setRawHeaders sets the "Name: value\r\n" lines of raw on h.
-func setRawHeaders(h *fasthttp.RequestHeader, raw []byte) {
+// httpFailed answers, counts and logs a plain request that got no answer.
+func (s *Server) httpFailed(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, err error, x exchange) {
+	v := classify(err, x)
+	switch v.kind {
+	case failClient:
+		s.stats.HTTPClientAborts.Add(1)
+		ctx.SetConnectionClose()
+	case failLocal:
+		s.stats.HTTPLocalResources.Add(1)
+		s.stats.HTTPBackendErrors.Add(1)
+	default:
+		s.stats.HTTPBackendErrors.Add(1)
+	}
+	s.backendFailed(rt.pool.name, b, err, v, "backend request failed")
+	refuse(ctx, v.status, v.reason, v.retryAfter)
+}
+
+// isIdempotent reports whether sending a request twice has the effect of
+// sending it once: RFC 9110 section 9.2.2, or an Idempotency-Key header.
+func isIdempotent(method []byte, h *fasthttp.RequestHeader) bool {
+	switch string(method) {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return len(h.Peek("Idempotency-Key")) > 0
+}
+
+// proxyRequest is what the head sent to the backend needs besides the
+// client's request.
+type proxyRequest struct {
+	forwarded
+	peer      netip.Addr
+	backend   string // the Host of a request that had none (HTTP/1.0)
+	bodyLen   int    // -1: chunked
+	keepAlive bool
+}
+
+// appendProxyRequest writes the head of the request sent to the backend:
+// the client's method and request target unchanged, its end-to-end
+// headers (names and order kept), the forwarding headers and the framing
+// of the body as the proxy sends it.
+func appendProxyRequest(dst []byte, req *fasthttp.Request, pr *proxyRequest) []byte {
+	h := &req.Header
+	dst = append(dst, h.Method()...)
+	dst = append(dst, ' ')
+	dst = append(dst, h.RequestURI()...)
+	dst = append(dst, " HTTP/1.1\r\nHost: "...)
+	if len(pr.host) > 0 {
+		dst = append(dst, pr.host...)
+	} else {
+		dst = append(dst, pr.backend...)
+	}
+	dst = append(dst, "\r\n"...)
+	connection := h.PeekAll("Connection")
+	raw := h.RawHeaders()
 	for len(raw) > 0 {
-		i := 0
-		for i+1 < len(raw) && !(raw[i] == '\r' && raw[i+1] == '\n') {
-			i++
+		i := bytes.IndexByte(raw, '\n')
+		var line []byte
+		if i < 0 {
+			line, raw = raw, nil
+		} else {
+			line, raw = raw[:i], raw[i+1:]
 		}
-		line := raw[:i]
-		raw = raw[min(i+2, len(raw)):]
-		for j := 0; j+1 < len(line); j++ {
-			if line[j] == ':' && line[j+1] == ' ' {
-				h.SetBytesKV(line[:j], line[j+2:])
-				break
+		line = bytes.TrimSuffix(line, []byte("\r"))
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 || !isToken(line[:colon]) || bytes.IndexByte(line, '\r') >= 0 {
+			continue // never pass on what the backend could read differently
+		}
+		name := line[:colon]
+		if skipHeader(name, connection) || bytes.EqualFold(name, []byte("Content-Length")) ||
+			bytes.EqualFold(name, []byte("Expect")) {
+			continue
+		}
+		dst = append(dst, line...)
+		dst = append(dst, "\r\n"...)
+	}
+	dst = appendForwarded(dst, h, &pr.forwarded, pr.peer)
+	switch {
+	case pr.bodyLen < 0:
+		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
+	case pr.bodyLen > 0 || !(h.IsGet() || h.IsHead() || h.IsDelete() || h.IsOptions() || h.IsTrace()):
+		dst = append(dst, "Content-Length: "...)
+		dst = strconv.AppendInt(dst, int64(pr.bodyLen), 10)
+		dst = append(dst, "\r\n"...)
+	}
+	if !pr.keepAlive {
+		dst = append(dst, "Connection: close\r\n"...)
+	}
+	return append(dst, "\r\n"...)
+}
+
+// clientBody reads the client's request body, keeping the error that
+// tells a client gone from a backend gone. Each read pushes the client's
+// read deadline read_timeout ahead, so that an upload may last as long as
+// it keeps moving.
+type clientBody struct {
+	ctx     *fasthttp.RequestCtx
+	r       io.Reader
+	timeout time.Duration
+	want    int64 // Content-Length; -1 for chunked
+	n       int64
+	err     error
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	if b.timeout > 0 {
+		_ = b.ctx.SetReadDeadline(time.Now().Add(b.timeout))
+	}
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if err == io.EOF && b.want >= 0 && b.n < b.want {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// sendRequest writes the head (with a replayable body) and streams any
+// body that is sent as it arrives.
+func sendRequest(bc *backendConn, msg []byte, stream io.Reader, chunked bool) error {
+	if _, err := bc.Write(msg); err != nil {
+		return err
+	}
+	if stream == nil {
+		return nil
+	}
+	bp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bp)
+	if !chunked {
+		_, err := io.CopyBuffer(bc, stream, *bp)
+		return err
+	}
+	cw := httputil.NewChunkedWriter(bc)
+	if _, err := io.CopyBuffer(cw, stream, *bp); err != nil {
+		return err
+	}
+	if err := cw.Close(); err != nil {
+		return err
+	}
+	_, err := bc.Write([]byte("\r\n"))
+	return err
+}
+
+// readResponseHead reads the backend's status line and headers into
+// resp, skipping interim (1xx) answers.
+func readResponseHead(bc *backendConn, resp *fasthttp.Response) error {
+	resp.Header.DisableNormalizing()
+	for {
+		if err := resp.Header.Read(bc.br); err != nil {
+			if bc.readErr != nil {
+				return bc.readErr // the connection's own error says more
 			}
+			return fmt.Errorf("%w: %v", errProtocol, err)
+		}
+		switch sc := resp.Header.StatusCode(); {
+		case sc == fasthttp.StatusSwitchingProtocols:
+			return fmt.Errorf("%w: 101 to a request that asked for no upgrade", errProtocol)
+		case sc >= 100 && sc < 200:
+			continue
+		}
+		return nil
+	}
+}
+
+// relayResponse hands the backend's response to the client: its head now,
+// its body as a stream that gives the connection back to the pool once
+// read to its end.
+func (s *Server) relayResponse(ctx *fasthttp.RequestCtx, hc *httpClient, bc *backendConn) {
+	resp := &ctx.Response
+	status := resp.StatusCode()
+	cl := resp.Header.ContentLength()
+	keep := !resp.Header.ConnectionClose() && !ctx.Request.Header.ConnectionClose()
+	for _, name := range hopHeaders {
+		resp.Header.Del(name)
+	}
+	body := &backendBody{hc: hc, bc: bc, keep: keep, left: int64(cl)}
+	switch {
+	case ctx.Request.Header.IsHead() || status == fasthttp.StatusNoContent || status == fasthttp.StatusNotModified:
+		resp.SkipBody = true
+		if cl >= 0 {
+			resp.Header.SetContentLength(cl)
+		}
+		body.done = true
+		_ = body.Close()
+		return
+	case cl == 0:
+		body.done = true
+		_ = body.Close()
+		return
+	case cl == -1:
+		body.chunked = httputil.NewChunkedReader(bc.br)
+	case cl < 0: // until the backend closes
+		body.keep = false
+	}
+	resp.SetBodyStream(body, max(cl, -1))
+	resp.ImmediateHeaderFlush = true
+}
+
+// backendBody streams a response body from a backend connection: a fixed
+// length, chunked (de-chunked here, chunked again by the server as it
+// sends), or until the backend closes. Closed once read to its end, it
+// puts the connection back in the pool; closed earlier, it closes it.
+type backendBody struct {
+	hc      *httpClient
+	bc      *backendConn
+	chunked io.Reader
+	left    int64 // fixed length: bytes left; -2 until close
+	keep    bool
+	done    bool
+}
+
+func (b *backendBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
+	switch {
+	case b.chunked != nil:
+		n, err := b.chunked.Read(p)
+		if err == io.EOF {
+			if err := skipTrailer(b.bc.br); err != nil {
+				return n, err
+			}
+			b.done = true
+		}
+		return n, err
+	case b.left >= 0:
+		if int64(len(p)) > b.left {
+			p = p[:b.left]
+		}
+		n, err := b.bc.br.Read(p)
+		b.left -= int64(n)
+		if b.left == 0 {
+			b.done = true
+			return n, io.EOF
+		}
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return n, err
+	}
+	n, err := b.bc.br.Read(p)
+	if err == io.EOF {
+		b.done = true
+	}
+	return n, err
+}
+
+// Close gives the connection back or closes it; fasthttp calls it once
+// the response is written or abandoned.
+func (b *backendBody) Close() error {
+	bc := b.bc
+	if bc == nil {
+		return nil
+	}
+	b.bc = nil
+	if b.done && b.keep {
+		b.hc.put(bc)
+		return nil
+	}
+	return bc.Close()
+}
+
+// skipTrailer reads the trailer section that ends a chunked body, through
+// its blank line; trailers are not passed on.
+func skipTrailer(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(bytes.TrimRight(line, "\r\n")) == 0 {
+			return nil
 		}
 	}
 }

@@ -9,7 +9,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
@@ -49,7 +48,7 @@ type route struct {
 type pool struct {
 	name    string
 	lb      *balancer.Pool
-	clients map[string]*fasthttp.HostClient
+	clients map[string]*httpClient
 	// tls is the client TLS configuration per backend address, with the
 	// server name filled in; nil for a plain pool.
 	tls map[string]*tls.Config
@@ -74,7 +73,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		pc := c.Pools[name]
 		p := &pool{
 			name:      name,
-			clients:   make(map[string]*fasthttp.HostClient, len(pc.Backends)),
+			clients:   make(map[string]*httpClient, len(pc.Backends)),
 			weights:   make(map[string]int, len(pc.Backends)),
 			drainRate: pc.DrainRate,
 		}
@@ -102,11 +101,14 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			members = append(members, s.backends.Get(bc.Address))
 			weights = append(weights, bc.Weight)
 			p.weights[bc.Address] = bc.Weight
-			var hc *fasthttp.HostClient
+			var hc *httpClient
 			if old != nil {
 				if op := old.pools[name]; op != nil {
 					hc = op.clients[bc.Address]
 				}
+			}
+			if hc != nil && hc.idleTimeout != pc.IdleConnTimeout {
+				hc = nil
 			}
 			var bt *tls.Config
 			if base != nil {
@@ -118,7 +120,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 				hc = nil // a reload may have changed the certificates
 			}
 			if hc == nil {
-				hc = newHostClient(bc.Address, bt)
+				hc = newHTTPClient(bc.Address, pc.IdleConnTimeout)
 			}
 			p.clients[bc.Address] = hc
 		}

@@ -194,6 +194,7 @@ func (s *Server) Update(c *config.Config) error {
 		return err
 	}
 	s.table.Store(t)
+	closeDropped(old, t)
 	if c.Admission.MaxHeaderBytes != s.headerBytes || c.Defaults.HandshakeTimeout != s.readTimeout {
 		s.log.Warn("admission.max_header_bytes and defaults.handshake_timeout apply to reading requests from a restart on; until then the values the proxy started with stay",
 			zap.Int64("max_header_bytes", s.headerBytes), zap.Duration("handshake_timeout", s.readTimeout))
@@ -302,6 +303,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.sessions.each(func(ss *session) { ss.finish() })
 	}
 	s.cancel()
+	closeDropped(s.table.Load(), &table{}) // idle backend connections
 	s.drains.Wait()
 	if herr := <-httpDone; err == nil {
 		err = herr

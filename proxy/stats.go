@@ -27,6 +27,18 @@ type Stats struct {
 	HandshakeBackendRefused atomic.Int64
 	HandshakeBackendTimeout atomic.Int64
 	HandshakeBackendNon101  atomic.Int64
+	// HandshakeLocalResources and HTTPLocalResources count backend
+	// connections the proxy could not open for want of its own
+	// resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL),
+	// answered 503 and not held against the backend.
+	HandshakeLocalResources atomic.Int64
+	HTTPLocalResources      atomic.Int64
+	// HTTPClientAborts counts plain requests whose client went away
+	// before its body was sent whole.
+	HTTPClientAborts atomic.Int64
+	// HTTPRetries counts plain requests sent again on a fresh connection
+	// after a pooled one failed before any answer.
+	HTTPRetries atomic.Int64
 	HTTPNoRoute             atomic.Int64
 	// Requests that could not be read: a head over max_header_bytes
 	// (431), not received within handshake_timeout (408), or not HTTP

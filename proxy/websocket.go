@@ -2,9 +2,7 @@ package proxy
 
 import (
 	"context"
-	"errors"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -75,19 +73,23 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	hsCtx, cancel := context.WithTimeout(context.Background(), rt.limits.HandshakeTimeout)
 	defer cancel()
 	var tried []*balancer.Backend
-	var lastErr error
+	var last verdict
 	for attempt := 0; attempt < s.attempts; attempt++ {
-		b := rt.pool.lb.PickExcluding(key, tried)
+		var b *balancer.Backend
+		if attempt == 0 && continuesSession(&ctx.Request) {
+			b = rt.pool.lb.PickUnbounded(key)
+		} else {
+			b = rt.pool.lb.PickExcluding(key, tried)
+		}
 		if b == nil {
 			break
 		}
 		tried = append(tried, b)
 		conn, answer, err := handshakeBackend(hsCtx, b.Addr, rt.pool.tls[b.Addr], request)
 		if err != nil {
-			lastErr = err
-			s.backendFailed(b, err)
-			var de *dialError
-			if errors.As(err, &de) && hsCtx.Err() == nil {
+			last = classify(err, exchange{dialed: !isDialError(err), upgrade: true})
+			s.backendFailed(rt.pool.name, b, err, last, "backend handshake failed")
+			if isDialError(err) && last.kind != failLocal && hsCtx.Err() == nil {
 				continue // nothing reached the backend: try the next one
 			}
 			break
@@ -106,37 +108,23 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	switch {
 	case len(tried) == 0:
 		s.stats.HandshakeNoBackend.Add(1)
-		refuse(ctx, fasthttp.StatusServiceUnavailable, "no healthy backend", 5)
-	case isTimeout(lastErr) && !isDialError(lastErr):
+		last = noBackend
+	case last.kind == failTimeout:
 		s.stats.HandshakeBackendTimeout.Add(1)
-		refuse(ctx, fasthttp.StatusGatewayTimeout, "backend did not answer the handshake in time", 1)
+	case last.kind == failLocal:
+		s.stats.HandshakeLocalResources.Add(1)
 	default:
-		if isTimeout(lastErr) {
-			s.stats.HandshakeBackendTimeout.Add(1)
-		} else {
-			s.stats.HandshakeBackendRefused.Add(1)
-		}
-		refuse(ctx, fasthttp.StatusBadGateway, "backend unreachable", 1)
+		s.stats.HandshakeBackendRefused.Add(1)
 	}
+	refuse(ctx, last.status, last.reason, last.retryAfter)
 }
 
-// backendFailed logs a failed backend handshake and tells passive health.
-func (s *Server) backendFailed(b *balancer.Backend, err error) {
-	if s.health != nil {
-		s.health.ReportFailure(b.Addr, err)
-	}
-	s.log.Warn("backend handshake failed", zap.String("backend", b.Addr), zap.Error(err))
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
-		(errors.As(err, &ne) && ne.Timeout())
-}
-
-func isDialError(err error) bool {
-	var de *dialError
-	return errors.As(err, &de)
+// continuesSession reports whether an upgrade carries the id of a session
+// that long-polling started (engine.io's sid query parameter): it belongs
+// on the backend holding that session, which the plain hash chose, not on
+// the one a load bound would prefer.
+func continuesSession(req *fasthttp.Request) bool {
+	return len(req.URI().QueryArgs().Peek("sid")) > 0
 }
 
 // refuse answers with status, a one-line reason and Retry-After.
