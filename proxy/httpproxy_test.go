@@ -2,14 +2,19 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
+
+	"github.com/wsproxy/wsproxy/internal/testpki"
+	"github.com/wsproxy/wsproxy/tlsconf"
 )
 
 const twoBackends = `
@@ -126,3 +131,57 @@ func TestPlainHTTPForwardedHeadersAndBody(t *testing.T) {
 }
 
 var _ = websocket.DefaultDialer
+
+// TestPlainHTTPThroughTLSListener proxies plain HTTP from a TLS listener
+// to a plain backend: the scheme toward the backend is the pool's, not
+// the listener's. Page loads must not take the pool down, and upgrades
+// keep working afterwards.
+func TestPlainHTTPThroughTLSListener(t *testing.T) {
+	ca := testpki.NewCA(t)
+	front := ca.Issue(t, "front", testpki.Options{Names: []string{"localhost"}})
+	ts, err := tlsconf.NewServer(tlsconf.ServerOptions{Certificates: []tlsconf.CertFiles{{CertFile: front.CertFile, KeyFile: front.KeyFile}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 20)
+	b := startBackend(t, "b0", func(b *testBackend) {
+		b.onHTTP = func(ctx *fasthttp.RequestCtx) {
+			got <- string(ctx.Request.Header.Peek("X-Forwarded-Proto"))
+			ctx.SetBodyString("page")
+		}
+	})
+	hp := startHealthProxy(t, fmt.Sprintf(passiveConfig, "2s", "4s"), b.addr())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hp.srv.Serve(WrapListener(ln, ts.Config())) //nolint:errcheck
+	t.Cleanup(func() { ln.Close() })
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for i := 0; i < 5; i++ {
+		resp, err := client.Get("https://" + ln.Addr().String() + "/index.html")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "page" {
+			t.Fatalf("page %d over TLS: %d %q", i, resp.StatusCode, body)
+		}
+		if proto := <-got; proto != "https" {
+			t.Fatalf("X-Forwarded-Proto %q, want https", proto)
+		}
+	}
+	if !hp.up(t, b.addr()) {
+		t.Fatal("page loads over TLS took the backend down")
+	}
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}}
+	c, _, err := d.Dial("wss://"+ln.Addr().String()+"/ws", nil)
+	if err != nil {
+		t.Fatalf("upgrade after the page loads: %v", err)
+	}
+	c.Close()
+}

@@ -298,6 +298,12 @@ var (
 		"Plain HTTP requests proxied, by route and status class.", []string{"route", "class"}, nil)
 	descHTTPBackendErrors = prometheus.NewDesc("wsproxy_http_backend_errors_total",
 		"Plain HTTP requests the backend did not answer (answered 502, 503 or 504).", nil, nil)
+	descLocalResources = prometheus.NewDesc("wsproxy_local_resource_errors_total",
+		"Backend connections the proxy could not open for want of its own resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL), answered 503 and not held against the backend, by request kind.", []string{"request"}, nil)
+	descHTTPClientAborts = prometheus.NewDesc("wsproxy_http_client_aborts_total",
+		"Plain HTTP requests whose client went away before sending its body whole.", nil, nil)
+	descHTTPRetries = prometheus.NewDesc("wsproxy_http_retries_total",
+		"Plain HTTP requests sent again on a fresh connection after a pooled one failed before any answer.", nil, nil)
 	descNoRoute = prometheus.NewDesc("wsproxy_unrouted_requests_total",
 		"Requests that matched no route (answered 404).", nil, nil)
 )
@@ -316,6 +322,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descMessages, descBytes, descBackendMessages, descBackendBytes, descCloses,
 		descPings, descPongs, descViolations, descRateLimited, descControlRateLimited, descTimeouts, descHealthy, descWeight,
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
+		descLocalResources, descHTTPClientAborts, descHTTPRetries,
 	} {
 		ch <- d
 	}
@@ -418,6 +425,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		{"backend_refused", &st.HandshakeBackendRefused},
 		{"backend_timeout", &st.HandshakeBackendTimeout},
 		{"backend_non_101", &st.HandshakeBackendNon101},
+		{"local_resources", &st.HandshakeLocalResources},
 	} {
 		counter(descHandshakes, o.v.Load(), o.name)
 	}
@@ -445,6 +453,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTimeouts, st.WriteTimeouts.Load(), "write")
 	counter(descHTTPBackendErrors, st.HTTPBackendErrors.Load())
 	counter(descNoRoute, st.HTTPNoRoute.Load())
+	counter(descLocalResources, st.HandshakeLocalResources.Load(), "upgrade")
+	counter(descLocalResources, st.HTTPLocalResources.Load(), "http")
+	counter(descHTTPClientAborts, st.HTTPClientAborts.Load())
+	counter(descHTTPRetries, st.HTTPRetries.Load())
 
 	status := s.Status()
 	seen := make(map[string]bool)

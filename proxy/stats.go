@@ -149,6 +149,16 @@ func (s *Server) requestEnded(ctx *fasthttp.RequestCtx, rt *route, backend strin
 		zap.ByteString("path", ctx.Path()),
 		zap.Int("status", status),
 		zap.Duration("duration", time.Since(start)),
-		zap.Int("content_length", ctx.Response.Header.ContentLength()), // -1 when streamed
+		zap.Int("content_length", responseLength(&ctx.Response)),
 	)
+}
+
+// responseLength is the length of the body sent: the Content-Length of a
+// streamed body (-1 for chunked), else the body's own length (the header
+// is only set as the response is written).
+func responseLength(r *fasthttp.Response) int {
+	if r.IsBodyStream() {
+		return r.Header.ContentLength()
+	}
+	return len(r.Body())
 }
