@@ -39,7 +39,7 @@ type Stats struct {
 	// HTTPRetries counts plain requests sent again on a fresh connection
 	// after a pooled one failed before any answer.
 	HTTPRetries atomic.Int64
-	HTTPNoRoute             atomic.Int64
+	HTTPNoRoute atomic.Int64
 	// Requests that could not be read: a head over max_header_bytes
 	// (431), not received within handshake_timeout (408), or not HTTP
 	// (400).
