@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/fasthttp/websocket"
@@ -184,4 +186,146 @@ func TestPlainHTTPThroughTLSListener(t *testing.T) {
 		t.Fatalf("upgrade after the page loads: %v", err)
 	}
 	c.Close()
+}
+
+// eioBackend answers like an engine.io server, as far as the proxy can
+// tell: a request without sid opens a session (a poll answers its id); a poll or
+// an upgrade carrying an id this backend did not hand out gets 400
+// "Session ID unknown".
+type eioBackend struct {
+	name     string
+	ln       net.Listener
+	upgrader websocket.FastHTTPUpgrader
+	mu       sync.Mutex
+	sids     map[string]bool
+	next     int
+}
+
+func startEIOBackend(t *testing.T, name string) *eioBackend {
+	t.Helper()
+	e := &eioBackend{name: name, sids: map[string]bool{}}
+	e.upgrader.CheckOrigin = func(*fasthttp.RequestCtx) bool { return true }
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.ln = ln
+	srv := &fasthttp.Server{Handler: e.handle}
+	go srv.Serve(ln) //nolint:errcheck
+	t.Cleanup(func() { srv.Shutdown() })
+	return e
+}
+
+func (e *eioBackend) handle(ctx *fasthttp.RequestCtx) {
+	sid := string(ctx.QueryArgs().Peek("sid"))
+	e.mu.Lock()
+	known := e.sids[sid]
+	if sid == "" { // a new session, polling or WebSocket only
+		e.next++
+		sid = fmt.Sprintf("%s-%d", e.name, e.next)
+		e.sids[sid], known = true, true
+	}
+	e.mu.Unlock()
+	if !known {
+		ctx.Error(`{"code":1,"message":"Session ID unknown"}`, fasthttp.StatusBadRequest)
+		return
+	}
+	if websocket.FastHTTPIsWebSocketUpgrade(ctx) {
+		_ = e.upgrader.Upgrade(ctx, func(c *websocket.Conn) { echo(c) })
+		return
+	}
+	ctx.SetBodyString(sid)
+}
+
+// TestPollingThenUpgradeWithBoundedLoads runs engine.io's transport
+// upgrade through a pool with bounded loads at their tightest: clients
+// open a session by long-polling, poll again while other clients' sessions
+// move the loads, then upgrade with their sid. Every poll and every
+// upgrade must reach the backend holding the client's session, while the
+// bound does send new sessions elsewhere.
+func TestPollingThenUpgradeWithBoundedLoads(t *testing.T) {
+	var addrs []string
+	for i := 0; i < 3; i++ {
+		addrs = append(addrs, startEIOBackend(t, fmt.Sprintf("b%d", i)).ln.Addr().String())
+	}
+	p := startProxy(t, `
+listeners: [{address: "127.0.0.1:0"}]
+log: {access_log: false}
+routes:
+  - {path: /socket.io, pool: p, hash_key: "header:X-Client"}
+pools:
+  p:
+    bounded_load: 1
+    backends: [{address: "{{B0}}"}, {address: "{{B1}}"}, {address: "{{B2}}"}]
+`, addrs...)
+	base := "http://" + p.ln.Addr().String() + "/socket.io/?EIO=4&transport="
+	const clients = 40
+	sids := make([]string, clients)
+	poll := func(i int) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", base+"polling&sid="+sids[i], nil)
+		if sids[i] == "" {
+			req, _ = http.NewRequest("GET", base+"polling", nil)
+		}
+		req.Header.Set("X-Client", fmt.Sprintf("client-%d", i))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || (sids[i] != "" && string(body) != sids[i]) {
+			t.Fatalf("client %d, session %q: poll answered %d %q", i, sids[i], resp.StatusCode, body)
+		}
+		sids[i] = string(body)
+	}
+	upgrade := func(i int) {
+		t.Helper()
+		h := http.Header{"X-Client": {fmt.Sprintf("client-%d", i)}}
+		c, resp, err := websocket.DefaultDialer.Dial(p.url("/socket.io/?EIO=4&transport=websocket&sid="+sids[i]), h)
+		if err != nil {
+			status := 0
+			if resp != nil {
+				status = resp.StatusCode
+			}
+			t.Fatalf("client %d, session %s: upgrade: %v (status %d)", i, sids[i], err, status)
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	rt := p.srv.table.Load().routes[0]
+	bounded := 0 // polls a bounded pick would have sent elsewhere
+	countBounded := func(i int) {
+		var req fasthttp.Request
+		req.Header.Set("X-Client", fmt.Sprintf("client-%d", i))
+		key := rt.key.Hash(&req, netip.MustParseAddr("127.0.0.1"))
+		if rt.pool.lb.Pick(key) != rt.pool.lb.PickUnbounded(key) {
+			bounded++
+		}
+	}
+
+	for i := 0; i < clients; i++ {
+		poll(i) // opens the session
+	}
+	for i := 0; i < clients; i += 2 {
+		poll(i)
+		countBounded(i)
+		poll(i)
+		upgrade(i)
+	}
+	p.waitSessions(t, clients/2)
+	for i := 1; i < clients; i += 2 {
+		countBounded(i)
+		poll(i)
+		poll(i)
+		upgrade(i)
+	}
+	p.waitSessions(t, clients)
+	// New WebSocket sessions, with no session to follow, are bounded.
+	for i := 0; i < 10; i++ {
+		dial(t, p.url("/socket.io/?EIO=4&transport=websocket"), http.Header{"X-Client": {fmt.Sprintf("new-%d", i)}})
+	}
+	if bounded == 0 {
+		t.Fatal("no poll met a full backend: the loads never reached the bound and the test shows nothing")
+	}
+	t.Logf("%d of %d polls went to a backend over its bound", bounded, clients)
 }
