@@ -350,7 +350,10 @@ func TestClassify(t *testing.T) {
 // the connect to the backend fails with EMFILE, which must be answered 503
 // with Retry-After, counted as the proxy's own, and leave the backend up.
 func TestLocalResourcesAreNotTheBackends(t *testing.T) {
-	b := startBackend(t, "b0")
+	// The backend closes every connection, so each request connects.
+	b := startBackend(t, "b0", func(b *testBackend) {
+		b.onHTTP = func(ctx *fasthttp.RequestCtx) { ctx.SetConnectionClose() }
+	})
 	hp := startHealthProxy(t, fmt.Sprintf(passiveConfig, "2s", "0s"), b.addr())
 	// A keep-alive client connection opened while descriptors remain.
 	c, err := net.Dial("tcp", hp.ln.Addr().String())
@@ -426,10 +429,42 @@ func TestLocalResourcesAreNotTheBackends(t *testing.T) {
 	}
 }
 
-// TestUpgradeErrorsMapLikePlainHTTP checks the upgrade side of the one
-// mapping on real sockets: a refused connect is 502, a backend that
-// accepts and never answers the handshake is 504, each counted once.
-func TestUpgradeErrorsMapLikePlainHTTP(t *testing.T) {
+// fullBacklog returns the address of a listener whose accept queue is
+// full: the kernel drops further SYNs, so connecting to it times out.
+func fullBacklog(t *testing.T) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, _ := syscall.Getsockname(fd)
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	for i := 0; ; i++ {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err != nil {
+			break // the queue is full
+		}
+		t.Cleanup(func() { c.Close() })
+		if i == 16 {
+			t.Skip("the kernel accepts connections past a full backlog")
+		}
+	}
+	return addr
+}
+
+// TestErrorsMapOneWay checks the one mapping on real sockets, for plain
+// HTTP and upgrades alike: a connect that times out is 504, a refused one
+// 502, a backend that accepts and never answers 504 (within
+// handshake_timeout for an upgrade, read_timeout for plain HTTP), each
+// counted once by the matching counter.
+func TestErrorsMapOneWay(t *testing.T) {
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -450,35 +485,44 @@ func TestUpgradeErrorsMapLikePlainHTTP(t *testing.T) {
 	p := startProxy(t, `
 listeners: [{address: "127.0.0.1:0"}]
 log: {access_log: false}
-defaults: {handshake_timeout: 300ms}
+defaults: {handshake_timeout: 300ms, read_timeout: 300ms, ping_interval: 0s}
 routes:
   - {path: /silent, pool: s}
   - {path: /refused, pool: r}
+  - {path: /full, pool: f}
 pools:
   s: {backends: [{address: "{{B0}}"}]}
   r: {backends: [{address: "{{B1}}"}]}
-`, silent.Addr().String(), refusing)
+  f: {backends: [{address: "{{B2}}"}]}
+`, silent.Addr().String(), refusing, fullBacklog(t))
 	for _, tc := range []struct {
 		path   string
 		status int
-	}{{"/silent", 504}, {"/refused", 502}} {
-		c, err := net.Dial("tcp", p.ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprint(c, rawHandshake("x", tc.path))
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		c.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.StatusCode != tc.status || resp.Header.Get("Retry-After") == "" {
-			t.Fatalf("%s: %d, want %d with Retry-After", tc.path, resp.StatusCode, tc.status)
+	}{{"/silent", 504}, {"/refused", 502}, {"/full", 504}} {
+		for _, upgrade := range []bool{true, false} {
+			c, err := net.Dial("tcp", p.ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if upgrade {
+				fmt.Fprint(c, rawHandshake("x", tc.path))
+			} else {
+				fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", tc.path)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.status || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("%s (upgrade %v): %d, want %d with Retry-After", tc.path, upgrade, resp.StatusCode, tc.status)
+			}
 		}
 	}
 	st := p.srv.Stats()
-	if st.HandshakeBackendTimeout.Load() != 1 || st.HandshakeBackendRefused.Load() != 1 {
-		t.Fatalf("timeouts %d refused %d, want 1 and 1", st.HandshakeBackendTimeout.Load(), st.HandshakeBackendRefused.Load())
+	if st.HandshakeBackendTimeout.Load() != 2 || st.HandshakeBackendRefused.Load() != 1 || st.HTTPBackendErrors.Load() != 3 {
+		t.Fatalf("upgrade timeouts %d refused %d, HTTP errors %d; want 2, 1, 3",
+			st.HandshakeBackendTimeout.Load(), st.HandshakeBackendRefused.Load(), st.HTTPBackendErrors.Load())
 	}
 }
 
