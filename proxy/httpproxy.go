@@ -318,9 +318,12 @@ func (s *Server) relayResponse(ctx *fasthttp.RequestCtx, hc *httpClient, bc *bac
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	cl := resp.Header.ContentLength()
-	keep := !resp.Header.ConnectionClose() && !ctx.Request.Header.ConnectionClose()
+	keep := !resp.Header.ConnectionClose() // the client's Connection is its own hop's
 	for _, name := range hopHeaders {
 		resp.Header.Del(name)
+	}
+	if s.stopping.Load() {
+		ctx.SetConnectionClose() // reading the head reset it
 	}
 	body := &backendBody{hc: hc, bc: bc, keep: keep, left: int64(cl)}
 	switch {
