@@ -15,6 +15,7 @@ import (
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 
+	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/internal/testpki"
 	"github.com/wsproxy/wsproxy/tlsconf"
 )
@@ -328,4 +329,31 @@ pools:
 		t.Fatal("no poll met a full backend: the loads never reached the bound and the test shows nothing")
 	}
 	t.Logf("%d of %d polls went to a backend over its bound", bounded, clients)
+}
+
+// TestPlainHTTPToTLSBackend proxies plain HTTP to a pool that speaks TLS,
+// from a plain listener: keep-alive connections over TLS are reused.
+func TestPlainHTTPToTLSBackend(t *testing.T) {
+	ca := testpki.NewCA(t)
+	back := ca.Issue(t, "back", testpki.Options{Names: []string{"127.0.0.1"}})
+	backend := startTLSBackend(t, back)
+	p := startProxy(t, basicConfig, backend)
+	setPoolTLS(t, p, config.PoolTLS{Enabled: true, CAFile: ca.File})
+	for i := 0; i < 3; i++ {
+		if code, body := get(t, "http://"+p.ln.Addr().String()+"/page"); code != 200 || body != "tls" {
+			t.Fatalf("request %d to a TLS backend: %d %q", i, code, body)
+		}
+	}
+	hc := p.srv.table.Load().routes[0].pool.clients[backend]
+	idle := func() int {
+		hc.mu.Lock()
+		defer hc.mu.Unlock()
+		return len(hc.idle)
+	}
+	// The connection goes back once the response is written.
+	waitFor(t, "the TLS connection back in the pool", func() bool { return idle() == 1 })
+	if code, _ := get(t, "http://"+p.ln.Addr().String()+"/page"); code != 200 {
+		t.Fatal(code)
+	}
+	waitFor(t, "the TLS connection back in the pool", func() bool { return idle() == 1 })
 }
