@@ -238,8 +238,9 @@ func appendProxyRequest(dst []byte, req *fasthttp.Request, pr *proxyRequest) []b
 
 // clientBody reads the client's request body, keeping the error that
 // tells a client gone from a backend gone. Each read pushes the client's
-// read deadline read_timeout ahead, so that an upload may last as long as
-// it keeps moving.
+// read deadline read_timeout ahead (fasthttp's would bound the whole
+// upload by handshake_timeout from the request's start), so that an upload
+// may last as long as it keeps moving.
 type clientBody struct {
 	ctx     *fasthttp.RequestCtx
 	r       io.Reader
@@ -250,8 +251,12 @@ type clientBody struct {
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
-	if b.timeout > 0 {
+	switch {
+	case b.timeout > 0:
 		_ = b.ctx.SetReadDeadline(time.Now().Add(b.timeout))
+	case b.n == 0:
+		// read_timeout 0: no bound, not even the request's own.
+		_ = b.ctx.SetReadDeadline(time.Time{})
 	}
 	n, err := b.r.Read(p)
 	b.n += int64(n)

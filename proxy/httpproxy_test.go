@@ -357,3 +357,25 @@ func TestPlainHTTPToTLSBackend(t *testing.T) {
 	}
 	waitFor(t, "the TLS connection back in the pool", func() bool { return idle() == 1 })
 }
+
+// BenchmarkPlainHTTP measures small keep-alive GETs through the proxy, with
+// the allocations per request of the whole process (client and backend
+// included).
+func BenchmarkPlainHTTP(b *testing.B) {
+	be := startBackend(b, "b0")
+	p := startProxy(b, basicConfig, be.addr())
+	c := &fasthttp.HostClient{Addr: p.ln.Addr().String(), MaxConns: 64}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(resp)
+		req.SetRequestURI("http://" + p.ln.Addr().String() + "/page")
+		for pb.Next() {
+			if err := c.Do(req, resp); err != nil || resp.StatusCode() != 200 {
+				b.Fatalf("%v %d", err, resp.StatusCode())
+			}
+		}
+	})
+}
