@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -220,5 +221,50 @@ func TestUploadWriteTimeout(t *testing.T) {
 	}
 	if !hp.up(t, rb.addr()) {
 		t.Fatal("a backend slow to read uploads was taken down")
+	}
+}
+
+// TestSlowUploadOutlastsHandshakeTimeout sends an upload that keeps moving
+// for longer than handshake_timeout, which bounds reading the request
+// head: read_timeout, the silence between reads, is what bounds the body.
+func TestSlowUploadOutlastsHandshakeTimeout(t *testing.T) {
+	rb := startRawBackend(t, func(c net.Conn, _, _ int, req *http.Request) bool {
+		n, err := io.Copy(io.Discard, req.Body)
+		if err != nil {
+			return false
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d", len(strconv.FormatInt(n, 10)), n)
+		return true
+	})
+	p := startProxy(t, `
+listeners: [{address: "127.0.0.1:0"}]
+log: {access_log: false}
+defaults: {handshake_timeout: 300ms, read_timeout: 2s, ping_interval: 1s}
+routes:
+  - {path: /, pool: p}
+pools:
+  p: {backends: [{address: "{{B0}}"}]}
+`, rb.addr())
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 8; i++ {
+			if _, err := pw.Write(make([]byte, 100<<10)); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond) // the client's own pace
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", "http://"+p.ln.Addr().String()+"/upload", pr)
+	req.ContentLength = 8 * 100 << 10
+	start := time.Now()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("slow upload cut after %v: %v", time.Since(start), err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != strconv.Itoa(8*100<<10) {
+		t.Fatalf("slow upload: %d %q after %v", resp.StatusCode, body, time.Since(start))
 	}
 }
