@@ -35,6 +35,11 @@ import (
 // bodies stream and are sent once.
 const maxReplayBody = 64 << 10
 
+// earlyAnswerWait is how long a backend that stopped taking a request's
+// body has to show the answer it sent first; such an answer is already in
+// the socket, so this only needs to cover scheduling.
+const earlyAnswerWait = 100 * time.Millisecond
+
 // copyBufPool holds the buffers request bodies stream through.
 var copyBufPool = sync.Pool{New: func() any {
 	b := make([]byte, 32<<10)
@@ -118,14 +123,26 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 		}
 		bc.begin(rt.limits.ReadTimeout, rt.limits.WriteTimeout)
 		err := sendRequest(bc, msg, stream, chunked)
-		if err == nil {
+		early := false
+		if err != nil && cb.err == nil {
+			// A backend that stopped reading the body may have said
+			// why first (413, 401): that answer is the client's.
+			bc.readTimeout = earlyAnswerWait
+			if readResponseHead(bc, &ctx.Response) == nil {
+				err, early = nil, true
+			}
+		} else if err == nil {
 			err = readResponseHead(bc, &ctx.Response)
 		}
 		if err == nil {
 			if s.health != nil {
 				s.health.ReportSuccess(b.Addr)
 			}
-			s.relayResponse(ctx, hc, bc)
+			if early {
+				bc.readTimeout = rt.limits.ReadTimeout
+				ctx.SetConnectionClose() // the rest of the upload goes unread
+			}
+			s.relayResponse(ctx, hc, bc, !early)
 			return
 		}
 		_ = bc.Close()
@@ -319,11 +336,11 @@ func readResponseHead(bc *backendConn, resp *fasthttp.Response) error {
 // relayResponse hands the backend's response to the client: its head now,
 // its body as a stream that gives the connection back to the pool once
 // read to its end.
-func (s *Server) relayResponse(ctx *fasthttp.RequestCtx, hc *httpClient, bc *backendConn) {
+func (s *Server) relayResponse(ctx *fasthttp.RequestCtx, hc *httpClient, bc *backendConn, reusable bool) {
 	resp := &ctx.Response
 	status := resp.StatusCode()
 	cl := resp.Header.ContentLength()
-	keep := !resp.Header.ConnectionClose() // the client's Connection is its own hop's
+	keep := reusable && !resp.Header.ConnectionClose() // the client's Connection is its own hop's
 	for _, name := range hopHeaders {
 		resp.Header.Del(name)
 	}

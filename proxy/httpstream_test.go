@@ -268,3 +268,37 @@ pools:
 		t.Fatalf("slow upload: %d %q after %v", resp.StatusCode, body, time.Since(start))
 	}
 }
+
+// TestEarlyAnswerToUpload has the backend refuse an upload before reading
+// it (413, then close): the client gets the backend's answer, not 502, and
+// the backend is not blamed.
+func TestEarlyAnswerToUpload(t *testing.T) {
+	rb := startRawBackend(t, func(c net.Conn, _, _ int, req *http.Request) bool {
+		fmt.Fprintf(c, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+		return false // closed with the upload unread: a reset
+	})
+	hp := startHealthProxy(t, fmt.Sprintf(passiveConfig, "2s", "4s"), rb.addr())
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", hp.ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		const size = 32 << 20
+		go func() {
+			fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size)
+			c.Write(make([]byte, size)) // fails once the proxy closes
+		}()
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if resp.StatusCode != 413 || string(body) != "too big!" {
+			t.Fatalf("early refusal of an upload: %d %q, want 413 %q", resp.StatusCode, body, "too big!")
+		}
+	}
+	if !hp.up(t, rb.addr()) {
+		t.Fatal("a backend refusing uploads was taken down")
+	}
+}
