@@ -417,9 +417,24 @@ func TestLocalResourcesAreNotTheBackends(t *testing.T) {
 			t.Fatalf("out of descriptors: %d (Retry-After %q), want 503 with Retry-After", r.StatusCode, r.Header.Get("Retry-After"))
 		}
 	}
+	// An upgrade on the same connection meets the same wall.
+	fmt.Fprint(c, rawHandshake("x", "/ws"))
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		restore()
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		restore()
+		t.Fatalf("upgrade out of descriptors: %d, want 503 with Retry-After", resp.StatusCode)
+	}
 	restore()
 	if n := hp.srv.Stats().HTTPLocalResources.Load(); n != 3 {
 		t.Errorf("HTTPLocalResources = %d, want 3", n)
+	}
+	if n := hp.srv.Stats().HandshakeLocalResources.Load(); n != 1 {
+		t.Errorf("HandshakeLocalResources = %d, want 1", n)
 	}
 	if !hp.up(t, b.addr()) {
 		t.Fatal("the proxy's own EMFILE took the backend down")
