@@ -127,17 +127,24 @@ type Admission struct {
 
 // Limits are the timeouts and limits of a route.
 type Limits struct {
-	// HandshakeTimeout bounds reading the client's handshake and the
-	// backend's connect and answer. Default 10s.
+	// HandshakeTimeout bounds connecting to a backend and, for an
+	// upgrade, reading its answer; for plain HTTP only the connect and TLS
+	// handshake. The defaults value also bounds reading a client's request
+	// head (408), fixed at start. Default 10s.
 	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
 	// IdleTimeout closes a session (1001) after no data message in either
 	// direction for this long; 0 turns it off. Default 10m.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
 	// ReadTimeout closes a session (1001) when one peer sent no frame at
-	// all (pongs count) for this long; 0 turns it off. Default 60s.
+	// all (pongs count) for this long; for plain HTTP it is the longest
+	// silence between two reads from the backend (504 before the response
+	// head) or of a client's upload, never a bound on a whole response. 0
+	// turns it off. Default 60s.
 	ReadTimeout time.Duration `yaml:"read_timeout"`
 	// WriteTimeout closes a session whose peer accepts no bytes for this
-	// long (back-pressure on the sender meanwhile). Default 10s.
+	// long (back-pressure on the sender meanwhile); for plain HTTP a write
+	// to the backend that makes no progress this long fails the request.
+	// Default 10s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// PingInterval is how often the proxy pings a silent peer; 0 turns
 	// pings off. Default 20s.
@@ -294,8 +301,11 @@ type Health struct {
 	// Statuses are the HTTP statuses that count as healthy; empty means
 	// any 2xx or 3xx.
 	Statuses []int `yaml:"statuses"`
-	// PassiveFailures consecutive dial or handshake failures seen by the
-	// proxy take a backend out at once; 0 turns this off. Default 3.
+	// PassiveFailures consecutive failures of the backend's own seen by
+	// the proxy (connect refused or timed out, reset or EOF before any
+	// answer byte on a fresh connection, no 101 in time) take it out at
+	// once; an answer resets the count; the proxy's and the client's own
+	// failures never count. 0 turns this off. Default 3.
 	PassiveFailures int `yaml:"passive_failures"`
 }
 
