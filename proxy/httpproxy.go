@@ -108,6 +108,7 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	*bp = msg[:0]
 
 	idempotent := isIdempotent(ctx.Method(), h)
+	var tried []*balancer.Backend
 	for attempt := 0; ; attempt++ {
 		var bc *backendConn
 		if attempt == 0 {
@@ -117,8 +118,24 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 			var err error
 			bc, err = hc.dial(rt.limits.HandshakeTimeout, rt.pool.tls[b.Addr])
 			if err != nil {
-				s.httpFailed(ctx, rt, b, err, exchange{})
-				return
+				// Nothing reached the backend: a refused connect goes to
+				// the next backend the hash offers, as an upgrade's does.
+				// A connect that timed out has used its time already.
+				v := classify(err, exchange{})
+				tried = append(tried, b)
+				var next *balancer.Backend
+				if v.kind == failUnreachable && len(tried) < s.attempts {
+					next = rt.pool.lb.PickExcluding(key, tried)
+				}
+				if next == nil {
+					s.httpFailed(ctx, rt, b, err, exchange{})
+					return
+				}
+				s.stats.HTTPBackendErrors.Add(1)
+				s.backendFailed(rt.pool.name, b, err, v, "backend unreachable; trying the next one")
+				b, backend, hc = next, next.Addr, rt.pool.clients[next.Addr]
+				attempt = -1 // the next backend's pooled connections first
+				continue
 			}
 		}
 		bc.begin(rt.limits.ReadTimeout, rt.limits.WriteTimeout)

@@ -396,3 +396,29 @@ func BenchmarkPlainHTTP(b *testing.B) {
 		}
 	})
 }
+
+// TestPlainHTTPSkipsARefusingBackend sends plain requests whose keys hash
+// to a backend that refuses connections: each is served by the next
+// backend the hash offers, as an upgrade would be, instead of a 502.
+func TestPlainHTTPSkipsARefusingBackend(t *testing.T) {
+	b0 := startBackend(t, "b0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close() // connects to it are refused
+	p := startProxy(t, strings.Replace(twoBackends, "backends:", "health: {passive_failures: 0}, backends:", 1), b0.addr(), dead)
+	base := "http://" + p.ln.Addr().String()
+	for i := 0; i < 20; i++ {
+		resp, err := http.Get(fmt.Sprintf("%s/page?user=user%d", base, i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "b0" {
+			t.Fatalf("user%d: %d %q, want 200 from b0", i, resp.StatusCode, body)
+		}
+	}
+}
