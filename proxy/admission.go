@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -45,40 +44,28 @@ const minSweep = 256
 // admissionLimits are one configuration's admission limits, in the form
 // the handshake path reads.
 type admissionLimits struct {
-	maxSessions int64   // never 0
-	perIP       int32   // 0: no cap
-	rate        float64 // handshakes per second per address; 0: no limit
-	burst       float64
-	retryAfter  time.Duration
+	maxSessions int64 // never 0
+	// maxConnections caps client connections that are not sessions;
+	// never 0.
+	maxConnections int64
+	perIP          int32   // 0: no cap
+	rate           float64 // handshakes per second per address; 0: no limit
+	burst          float64
+	retryAfter     time.Duration
 }
 
-func newAdmissionLimits(a config.Admission, fdCap int64) admissionLimits {
+func newAdmissionLimits(a config.Admission, b fileBudget) admissionLimits {
 	l := admissionLimits{
-		maxSessions: int64(a.MaxSessions),
-		perIP:       int32(min(a.MaxSessionsPerIP, math.MaxInt32)),
-		rate:        a.HandshakesPerSecondPerIP,
-		burst:       float64(a.HandshakeBurstPerIP),
-		retryAfter:  a.RetryAfter,
+		perIP:      int32(min(a.MaxSessionsPerIP, math.MaxInt32)),
+		rate:       a.HandshakesPerSecondPerIP,
+		burst:      float64(a.HandshakeBurstPerIP),
+		retryAfter: a.RetryAfter,
 	}
-	if l.maxSessions == 0 {
-		l.maxSessions = fdCap
-	}
+	l.maxSessions, l.maxConnections = b.caps(a)
 	if l.rate > 0 && l.burst == 0 {
 		l.burst = math.Ceil(l.rate)
 	}
 	return l
-}
-
-// sessionsFromFileLimit returns how many sessions the open-files limit
-// leaves room for: two descriptors each, after a twentieth of the limit
-// (at least 64) for listeners, plain HTTP and everything else.
-func sessionsFromFileLimit() int64 {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > math.MaxInt64/2 {
-		return math.MaxInt64
-	}
-	n := int64(rl.Cur)
-	return max((n-max(64, n/20))/2, 1)
 }
 
 // admission is the server's admission state, shared by every

@@ -306,6 +306,16 @@ var (
 		"Plain HTTP requests sent again on a fresh connection after a pooled one failed before any answer.", nil, nil)
 	descNoRoute = prometheus.NewDesc("wsproxy_unrouted_requests_total",
 		"Requests that matched no route (answered 404).", nil, nil)
+	descConnections = prometheus.NewDesc("wsproxy_connections_open",
+		"Client connections open that are not WebSocket sessions: requests being read or served, plain HTTP keep-alive, handshakes.", nil, nil)
+	descConnectionLimit = prometheus.NewDesc("wsproxy_connection_limit",
+		"Client connections the proxy holds open besides sessions before it stops accepting: admission.max_connections, or what the open-files limit leaves.", nil, nil)
+	descAcceptPaused = prometheus.NewDesc("wsproxy_accept_paused_total",
+		"Times a listener stopped accepting because the client connections were at the connection limit.", nil, nil)
+	descEvicted = prometheus.NewDesc("wsproxy_connections_evicted_total",
+		"Idle keep-alive connections closed to make room at the connection limit or when out of descriptors.", nil, nil)
+	descAcceptErrors = prometheus.NewDesc("wsproxy_accept_errors_total",
+		"Accepts that failed and were retried, by reason: emfile, enfile (out of descriptors), enobufs, enomem (out of kernel memory), other (a connection that died in the backlog).", []string{"reason"}, nil)
 )
 
 // Collector returns a prometheus.Collector of the server's metrics. It
@@ -323,6 +333,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descPings, descPongs, descViolations, descRateLimited, descControlRateLimited, descTimeouts, descHealthy, descWeight,
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
 		descLocalResources, descHTTPClientAborts, descHTTPRetries,
+		descConnections, descConnectionLimit, descAcceptPaused, descEvicted, descAcceptErrors,
 	} {
 		ch <- d
 	}
@@ -457,6 +468,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descLocalResources, st.HTTPLocalResources.Load(), "http")
 	counter(descHTTPClientAborts, st.HTTPClientAborts.Load())
 	counter(descHTTPRetries, st.HTTPRetries.Load())
+	gauge(descConnections, s.conns.connections())
+	gauge(descConnectionLimit, s.table.Load().admission.maxConnections)
+	counter(descAcceptPaused, st.AcceptPaused.Load())
+	counter(descEvicted, st.ConnectionsEvicted.Load())
+	for k, label := range acceptErrLabels {
+		counter(descAcceptErrors, st.AcceptErrors[k].Load(), label)
+	}
 
 	status := s.Status()
 	seen := make(map[string]bool)

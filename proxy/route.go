@@ -66,7 +66,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		accessLog:       c.Log.AccessLog,
 		accessLogSample: c.Log.AccessLogSample,
 		drainCloseCode:  c.Defaults.DrainCloseCode,
-		admission:       newAdmissionLimits(c.Admission, s.fdCap),
+		admission:       newAdmissionLimits(c.Admission, s.budget),
 	}
 	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {

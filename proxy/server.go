@@ -67,9 +67,13 @@ type Server struct {
 	admission admission
 	stats     Stats
 	metrics   metrics
-	// fdCap is how many sessions the open-files limit allows, the
-	// default of admission.max_sessions.
-	fdCap int64
+	// budget is the open-files limit, which sets admission.max_sessions
+	// and admission.max_connections when they are 0.
+	budget fileBudget
+	// conns counts client connections that are not sessions (see
+	// listener.go).
+	conns             connGate
+	acceptLog, capLog logLimiter
 	// headerBytes and readTimeout are fixed at start: fasthttp reads them
 	// per connection.
 	headerBytes int64
@@ -116,7 +120,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.sessions.init()
 	s.metrics.init()
-	s.fdCap = sessionsFromFileLimit()
+	s.budget = processFileBudget()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	t, err := s.buildTable(cfg.Config, nil)
 	if err != nil {
@@ -124,9 +128,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.table.Store(t)
 	s.metrics.retain(t)
-	if cfg.Config.Admission.MaxSessions == 0 {
-		s.log.Info("session limit set by the open-files limit (admission.max_sessions: 0)", zap.Int64("max_sessions", s.fdCap))
-	}
+	s.applyBudget(nil, t)
 	g, err := poller.NewGroup(0)
 	if err != nil {
 		return nil, err
@@ -154,12 +156,14 @@ func New(cfg Config) (*Server, error) {
 		StreamRequestBody:             true,
 		CloseOnShutdown:               true,
 		Logger:                        zapPrintf{s.log},
+		ConnState:                     s.conns.connState,
 	}
 	return s, nil
 }
 
-// Serve accepts connections on ln until Shutdown. TLS listeners are passed
-// in already wrapped.
+// Serve accepts connections on ln until Shutdown, or until ln fails with
+// an error that does not pass: accept errors such as EMFILE are retried
+// (see listener.go). TLS listeners are passed in already wrapped.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.stopping.Load() {
@@ -168,7 +172,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.mu.Unlock()
-	err := s.http.Serve(ln)
+	err := s.http.Serve(s.gate(ln))
 	if s.stopping.Load() {
 		return ErrServerClosed
 	}
@@ -195,6 +199,7 @@ func (s *Server) Update(c *config.Config) error {
 	}
 	s.table.Store(t)
 	closeDropped(old, t)
+	s.applyBudget(old, t)
 	if c.Admission.MaxHeaderBytes != s.headerBytes || c.Defaults.HandshakeTimeout != s.readTimeout {
 		s.log.Warn("admission.max_header_bytes and defaults.handshake_timeout apply to reading requests from a restart on; until then the values the proxy started with stay",
 			zap.Int64("max_header_bytes", s.headerBytes), zap.Duration("handshake_timeout", s.readTimeout))

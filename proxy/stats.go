@@ -70,6 +70,14 @@ type Stats struct {
 	PongsBackend  atomic.Int64
 	// LastPongRTT is the round trip of the latest answered proxy ping, ns.
 	LastPongRTT atomic.Int64
+	// AcceptErrors counts failed accepts that were retried, by reason
+	// (acceptErrLabels).
+	AcceptErrors [len(acceptErrLabels)]atomic.Int64
+	// AcceptPaused counts the times a listener stopped accepting at
+	// admission.max_connections; ConnectionsEvicted the idle keep-alive
+	// connections closed to make room.
+	AcceptPaused       atomic.Int64
+	ConnectionsEvicted atomic.Int64
 }
 
 // HandshakeLimited returns the upgrades refused by any admission limit.
