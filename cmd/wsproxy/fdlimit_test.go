@@ -1,0 +1,255 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+)
+
+// nofileEnv, set in the environment of the test binary, makes it lower its
+// open-files limit (soft and hard) to the value and execute its
+// arguments: a way to start wsproxy under a small limit from its first
+// instruction, as prlimit(1) would, without needing prlimit.
+const nofileEnv = "WSPROXY_TEST_EXEC_WITH_NOFILE"
+
+func init() {
+	v := os.Getenv(nofileEnv)
+	if v == "" {
+		return
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err == nil {
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n})
+	}
+	if err == nil && len(os.Args) > 1 {
+		var env []string
+		for _, e := range os.Environ() {
+			if !strings.HasPrefix(e, nofileEnv+"=") {
+				env = append(env, e)
+			}
+		}
+		err = syscall.Exec(os.Args[1], os.Args[1:], env)
+	}
+	fmt.Fprintf(os.Stderr, "%s=%s: %v\n", nofileEnv, v, err)
+	os.Exit(3)
+}
+
+// startWithFileLimit starts the wsproxy binary with an open-files limit
+// of nofile.
+func startWithFileLimit(t *testing.T, nofile int, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], append([]string{wsproxyBinary(t)}, args...)...)
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", nofileEnv, nofile))
+	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	cmd.Stdout = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// metricValue reads one sample from the admin /metrics, e.g.
+// `wsproxy_accept_errors_total{reason="emfile"}`.
+func metricValue(t *testing.T, p *process, admin, sample string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v\n%s", err, p.stderr.String())
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), sample+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", sample, err)
+			}
+			return f
+		}
+	}
+	t.Fatalf("no sample %s in /metrics", sample)
+	return 0
+}
+
+// alive fails the test if the process has exited.
+func alive(t *testing.T, p *process) {
+	t.Helper()
+	select {
+	case <-p.done:
+		t.Fatalf("process exited (%v):\n%s", p.err, p.stderr.String())
+	default:
+	}
+}
+
+// TestDescriptorExhaustion starts wsproxy with a small open-files limit,
+// opens sessions, then more idle TCP connections than the limit. The
+// proxy must keep relaying the sessions it admitted, stay up, and serve
+// new sessions and plain requests once the idle connections close: with
+// the caps derived from the limit the listen backlog holds the flood and
+// no accept fails; with caps set above what the limit holds, accepts
+// fail with EMFILE and are retried.
+func TestDescriptorExhaustion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	// 256 descriptors: 64 reserved, 32 connections and 64 sessions derived.
+	const nofile = 256
+	backend := echoBackend(t, "b1")
+	tests := []struct {
+		name      string
+		admission string
+		emfile    bool
+	}{
+		{"derived caps hold the flood in the backlog", `{}`, false},
+		{"caps past the limit back off on EMFILE", `{max_sessions: 60, max_connections: 1000}`, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			listen, admin := freePort(t), freePort(t)
+			cfg := writeConfig(t, fmt.Sprintf(`
+listeners: [{address: %q}]
+admin: {address: %q}
+log: {level: info, access_log: false}
+admission: %s
+defaults: {handshake_timeout: 8s, drain_timeout: 2s}
+routes: [{path: /, pool: p}]
+pools: {p: {backends: [{address: %q}]}}
+`, listen, admin, tc.admission, backend))
+			p := startWithFileLimit(t, nofile, "-config", cfg)
+			waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+
+			var sessions []*websocket.Conn
+			for i := 0; i < 4; i++ {
+				c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				sessions = append(sessions, c)
+			}
+			echoAll := func(what string) {
+				t.Helper()
+				for i, c := range sessions {
+					_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+					msg := fmt.Sprintf("%s %d", what, i)
+					if got := exchange(t, c, msg); got != "b1:"+msg {
+						t.Fatalf("session %d: got %q", i, got)
+					}
+				}
+			}
+			echoAll("before")
+
+			// More idle connections than the process has descriptors.
+			var flood []net.Conn
+			for i := 0; i < nofile+100; i++ {
+				c, err := net.DialTimeout("tcp", listen, 5*time.Second)
+				if err != nil {
+					alive(t, p)
+					t.Fatalf("idle connection %d: %v\n%s", i, err, p.stderr.String())
+				}
+				flood = append(flood, c)
+			}
+			defer func() {
+				for _, c := range flood {
+					c.Close()
+				}
+			}()
+			if tc.emfile {
+				waitLog(t, p, "accept failed: out of file descriptors")
+			} else {
+				deadline := time.Now().Add(10 * time.Second)
+				for metricValue(t, p, admin, "wsproxy_connections_open") < 32 {
+					alive(t, p)
+					if time.Now().After(deadline) {
+						t.Fatalf("connections never reached the cap of 32:\n%s", p.stderr.String())
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				if n := metricValue(t, p, admin, "wsproxy_connections_open"); n != 32 {
+					t.Fatalf("%v connections open, cap 32", n)
+				}
+				if n := metricValue(t, p, admin, "wsproxy_accept_paused_total"); n < 1 {
+					t.Fatalf("accept never paused at the cap")
+				}
+			}
+			alive(t, p)
+			echoAll("during")
+
+			for _, c := range flood {
+				c.Close()
+			}
+			flood = nil
+			// Everything works again: admin, new sessions, plain HTTP.
+			waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+			c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+			if err != nil {
+				t.Fatalf("new session after the flood: %v\n%s", err, p.stderr.String())
+			}
+			if got := exchange(t, c, "after"); got != "b1:after" {
+				t.Fatalf("new session: %q", got)
+			}
+			c.Close()
+			plain := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+			resp, err := plain.Get("http://" + listen + "/page")
+			if err != nil {
+				t.Fatalf("plain request after the flood: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "b1" {
+				t.Fatalf("plain request after the flood: %d %q", resp.StatusCode, body)
+			}
+			echoAll("after")
+
+			emfile := metricValue(t, p, admin, `wsproxy_accept_errors_total{reason="emfile"}`)
+			if tc.emfile != (emfile > 0) {
+				t.Fatalf("%v accepts failed with EMFILE", emfile)
+			}
+			if up := metricValue(t, p, admin, fmt.Sprintf(`wsproxy_backend_healthy{backend=%q}`, backend)); up != 1 {
+				t.Fatalf("backend marked down by a local shortage of descriptors")
+			}
+			if !tc.emfile {
+				// The caps were derived from the lowered limit.
+				waitLog(t, p, `"max_sessions":64,"max_connections":32`)
+			}
+
+			for _, c := range sessions {
+				c.Close()
+			}
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+				if p.err != nil {
+					t.Fatalf("exit: %v\n%s", p.err, p.stderr.String())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("still running 10s after SIGTERM")
+			}
+		})
+	}
+}
