@@ -92,9 +92,9 @@ type Log struct {
 type Admission struct {
 	// MaxSessions caps live WebSocket sessions, handshakes in progress
 	// included; beyond it an upgrade gets 503 with Retry-After. 0
-	// (default) means what the open-files limit allows: each session
-	// holds two descriptors, and a twentieth of the limit is kept for
-	// everything else.
+	// (default) means what the open-files limit allows after
+	// MaxConnections: each session holds two descriptors, and a
+	// twentieth of the limit is kept for everything else.
 	MaxSessions int `yaml:"max_sessions"`
 	// MaxSessionsPerIP caps the live sessions of one client address;
 	// beyond it an upgrade gets 429 with Retry-After. 0 (default) turns it
