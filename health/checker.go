@@ -2,6 +2,8 @@ package health
 
 import (
 	"context"
+	"errors"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -105,6 +107,14 @@ func (c *checker) probeOnce(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	if localShortage(err) {
+		// The probe could not open a socket: that says nothing about the
+		// backend, so it is no verdict.
+		if ce := c.m.log.Check(zap.DebugLevel, "health probe skipped: out of local descriptors or memory"); ce != nil {
+			ce.Write(zap.String("pool", c.key.pool), zap.String("backend", c.key.addr), zap.Error(err))
+		}
+		return
+	}
 	if err != nil {
 		if ce := c.m.log.Check(zap.DebugLevel, "health probe failed"); ce != nil {
 			ce.Write(zap.String("pool", c.key.pool), zap.String("backend", c.key.addr),
@@ -123,4 +133,11 @@ func (c *checker) wakeUp() {
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// localShortage reports whether err is the proxy's own lack of
+// descriptors or kernel memory rather than anything the backend did.
+func localShortage(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
 }

@@ -126,6 +126,8 @@ func TestDescriptorExhaustion(t *testing.T) {
 		emfile    bool
 	}{
 		{"derived caps hold the flood in the backlog", `{}`, false},
+		// With the caps above what the limit holds, accepts and the
+		// health probes (every 100ms) run out of descriptors.
 		{"caps past the limit back off on EMFILE", `{max_sessions: 60, max_connections: 1000}`, true},
 	}
 	for _, tc := range tests {
@@ -134,11 +136,11 @@ func TestDescriptorExhaustion(t *testing.T) {
 			cfg := writeConfig(t, fmt.Sprintf(`
 listeners: [{address: %q}]
 admin: {address: %q}
-log: {level: info, access_log: false}
+log: {level: debug, access_log: false}
 admission: %s
 defaults: {handshake_timeout: 8s, drain_timeout: 2s}
 routes: [{path: /, pool: p}]
-pools: {p: {backends: [{address: %q}]}}
+pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, timeout: 1s}}}
 `, listen, admin, tc.admission, backend))
 			p := startWithFileLimit(t, nofile, "-config", cfg)
 			waitHTTP(t, p, "http://"+admin+"/readyz", 200)
@@ -181,6 +183,20 @@ pools: {p: {backends: [{address: %q}]}}
 			}()
 			if tc.emfile {
 				waitLog(t, p, "accept failed: out of file descriptors")
+				// Three probes in a row that could not open a socket
+				// (three take a backend out) must not count against it.
+				probes := func() int {
+					out := p.stderr.String()
+					return strings.Count(out, "health probe skipped") + strings.Count(out, "health probe failed")
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for probes() < 3 {
+					alive(t, p)
+					if time.Now().After(deadline) {
+						t.Fatalf("no health probe ran while out of descriptors:\n%s", p.stderr.String())
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
 			} else {
 				deadline := time.Now().Add(10 * time.Second)
 				for metricValue(t, p, admin, "wsproxy_connections_open") < 32 {
@@ -230,8 +246,9 @@ pools: {p: {backends: [{address: %q}]}}
 			if tc.emfile != (emfile > 0) {
 				t.Fatalf("%v accepts failed with EMFILE", emfile)
 			}
-			if up := metricValue(t, p, admin, fmt.Sprintf(`wsproxy_backend_healthy{backend=%q}`, backend)); up != 1 {
-				t.Fatalf("backend marked down by a local shortage of descriptors")
+			if up := metricValue(t, p, admin, fmt.Sprintf(`wsproxy_backend_healthy{backend=%q}`, backend)); up != 1 ||
+				strings.Contains(p.stderr.String(), `"msg":"backend down"`) {
+				t.Fatalf("backend marked down by a local shortage of descriptors:\n%s", p.stderr.String())
 			}
 			if !tc.emfile {
 				// The caps were derived from the lowered limit.
