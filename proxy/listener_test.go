@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -384,4 +385,43 @@ func TestConnectionCap(t *testing.T) {
 	}
 	a.conn.Close()
 	c.conn.Close()
+}
+
+// TestConnStateAllocs: moving a connection between idle and active, once
+// per request, allocates nothing.
+func TestConnStateAllocs(t *testing.T) {
+	var g connGate
+	conns := make([]net.Conn, 1000)
+	for i := range conns {
+		conns[i] = &net.TCPConn{}
+		g.connState(conns[i], fasthttp.StateNew)
+	}
+	c := conns[500]
+	if n := testing.AllocsPerRun(1000, func() {
+		g.connState(c, fasthttp.StateActive)
+		g.connState(c, fasthttp.StateIdle)
+	}); n != 0 {
+		t.Fatalf("%v allocations per request", n)
+	}
+	for _, c := range conns {
+		g.open.Add(1) // as their accepts would have
+		g.connState(c, fasthttp.StateClosed)
+	}
+	if n := g.open.Load(); n != 0 {
+		t.Fatalf("%d connections left open", n)
+	}
+}
+
+// BenchmarkConnState is the gate's cost per plain HTTP request, from
+// every core at once.
+func BenchmarkConnState(b *testing.B) {
+	var g connGate
+	b.RunParallel(func(pb *testing.PB) {
+		c := net.Conn(&net.TCPConn{})
+		g.connState(c, fasthttp.StateNew)
+		for pb.Next() {
+			g.connState(c, fasthttp.StateActive)
+			g.connState(c, fasthttp.StateIdle)
+		}
+	})
 }
