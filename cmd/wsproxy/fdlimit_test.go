@@ -96,6 +96,20 @@ func metricValue(t *testing.T, p *process, admin, sample string) float64 {
 	return 0
 }
 
+// waitAlive polls cond every 10ms until it holds, failing after 10s or if
+// the process exits.
+func waitAlive(t *testing.T, p *process, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		alive(t, p)
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s:\n%s", what, p.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // alive fails the test if the process has exited.
 func alive(t *testing.T, p *process) {
 	t.Helper()
@@ -123,12 +137,15 @@ func TestDescriptorExhaustion(t *testing.T) {
 	tests := []struct {
 		name      string
 		admission string
+		sessions  int // opened before the flood
 		emfile    bool
 	}{
-		{"derived caps hold the flood in the backlog", `{}`, false},
+		// The sessions at their cap, as in the report: on main ~50 idle
+		// connections then ended the process.
+		{"derived caps hold the flood in the backlog", `{}`, 64, false},
 		// With the caps above what the limit holds, accepts and the
 		// health probes (every 100ms) run out of descriptors.
-		{"caps past the limit back off on EMFILE", `{max_sessions: 60, max_connections: 1000}`, true},
+		{"caps past the limit back off on EMFILE", `{max_sessions: 60, max_connections: 1000}`, 4, true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -146,14 +163,15 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 			waitHTTP(t, p, "http://"+admin+"/readyz", 200)
 
 			var sessions []*websocket.Conn
-			for i := 0; i < 4; i++ {
+			for i := 0; i < tc.sessions; i++ {
 				c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
 				if err != nil {
-					t.Fatal(err)
+					t.Fatalf("session %d: %v", i, err)
 				}
 				defer c.Close()
 				sessions = append(sessions, c)
 			}
+
 			echoAll := func(what string) {
 				t.Helper()
 				for i, c := range sessions {
@@ -189,23 +207,11 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 					out := p.stderr.String()
 					return strings.Count(out, "health probe skipped") + strings.Count(out, "health probe failed")
 				}
-				deadline := time.Now().Add(10 * time.Second)
-				for probes() < 3 {
-					alive(t, p)
-					if time.Now().After(deadline) {
-						t.Fatalf("no health probe ran while out of descriptors:\n%s", p.stderr.String())
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
+				waitAlive(t, p, "3 health probes while out of descriptors", func() bool { return probes() >= 3 })
 			} else {
-				deadline := time.Now().Add(10 * time.Second)
-				for metricValue(t, p, admin, "wsproxy_connections_open") < 32 {
-					alive(t, p)
-					if time.Now().After(deadline) {
-						t.Fatalf("connections never reached the cap of 32:\n%s", p.stderr.String())
-					}
-					time.Sleep(10 * time.Millisecond)
-				}
+				waitAlive(t, p, "connections at their cap of 32", func() bool {
+					return metricValue(t, p, admin, "wsproxy_connections_open") >= 32
+				})
 				if n := metricValue(t, p, admin, "wsproxy_connections_open"); n != 32 {
 					t.Fatalf("%v connections open, cap 32", n)
 				}
@@ -222,6 +228,15 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 			flood = nil
 			// Everything works again: admin, new sessions, plain HTTP.
 			waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+			if !tc.emfile {
+				// Make room under the session cap.
+				last := sessions[len(sessions)-1]
+				sessions = sessions[:len(sessions)-1]
+				last.Close()
+				waitAlive(t, p, "a closed session's place under the cap", func() bool {
+					return metricValue(t, p, admin, "wsproxy_sessions_admitted") < float64(tc.sessions)
+				})
+			}
 			c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
 			if err != nil {
 				t.Fatalf("new session after the flood: %v\n%s", err, p.stderr.String())
@@ -251,8 +266,21 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 				t.Fatalf("backend marked down by a local shortage of descriptors:\n%s", p.stderr.String())
 			}
 			if !tc.emfile {
-				// The caps were derived from the lowered limit.
+				// The caps were derived from the lowered limit: the
+				// sessions are back at theirs.
 				waitLog(t, p, `"max_sessions":64,"max_connections":32`)
+				waitAlive(t, p, "a closed session's place under the cap", func() bool {
+					return metricValue(t, p, admin, "wsproxy_sessions_admitted") < float64(tc.sessions)
+				})
+				c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sessions = append(sessions, c)
+				_, resp, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+				if err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable {
+					t.Fatalf("session %d: %v, want 503 at the session cap", tc.sessions+1, err)
+				}
 			}
 
 			for _, c := range sessions {
