@@ -184,6 +184,23 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 			}
 			echoAll("before")
 
+			// Connections accepted before the flood, to ask for upgrades
+			// once the proxy is out of descriptors.
+			var askers []net.Conn
+			if tc.emfile {
+				for i := 0; i < 3; i++ {
+					c, err := net.Dial("tcp", listen)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					askers = append(askers, c)
+				}
+				waitAlive(t, p, "3 connections accepted", func() bool {
+					return metricValue(t, p, admin, "wsproxy_connections_open") >= 3
+				})
+			}
+
 			// More idle connections than the process has descriptors.
 			var flood []net.Conn
 			for i := 0; i < nofile+100; i++ {
@@ -208,6 +225,29 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 					return strings.Count(out, "health probe skipped") + strings.Count(out, "health probe failed")
 				}
 				waitAlive(t, p, "3 health probes while out of descriptors", func() bool { return probes() >= 3 })
+				// Upgrades that cannot dial their backend for want of a
+				// descriptor: 503, and not blamed on the backend (three
+				// such failures in a row would take it out).
+				// None closes before all are answered, which would free a
+				// descriptor.
+				for _, c := range askers {
+					_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+					io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+						"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+				}
+				for i, c := range askers {
+					resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+					if err != nil {
+						t.Fatalf("upgrade %d while out of descriptors: %v", i, err)
+					}
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusServiceUnavailable {
+						t.Fatalf("upgrade %d while out of descriptors: %d, want 503", i, resp.StatusCode)
+					}
+				}
+				for _, c := range askers {
+					c.Close()
+				}
 			} else {
 				waitAlive(t, p, "connections at their cap of 32", func() bool {
 					return metricValue(t, p, admin, "wsproxy_connections_open") >= 32
@@ -260,6 +300,9 @@ pools: {p: {backends: [{address: %q}], health: {type: tcp, interval: 100ms, time
 			emfile := metricValue(t, p, admin, `wsproxy_accept_errors_total{reason="emfile"}`)
 			if tc.emfile != (emfile > 0) {
 				t.Fatalf("%v accepts failed with EMFILE", emfile)
+			}
+			if n := metricValue(t, p, admin, `wsproxy_local_resource_errors_total{request="upgrade"}`); n != float64(len(askers)) {
+				t.Fatalf("%v upgrades counted as short of local resources, want %d", n, len(askers))
 			}
 			if up := metricValue(t, p, admin, fmt.Sprintf(`wsproxy_backend_healthy{backend=%q}`, backend)); up != 1 ||
 				strings.Contains(p.stderr.String(), `"msg":"backend down"`) {
