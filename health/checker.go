@@ -108,9 +108,9 @@ func (c *checker) probeOnce(ctx context.Context) {
 		return
 	}
 	if localShortage(err) {
-		// The probe could not open a socket: that says nothing about the
-		// backend, so it is no verdict.
-		if ce := c.m.log.Check(zap.DebugLevel, "health probe skipped: out of local descriptors or memory"); ce != nil {
+		// The probe could not open a connection: that says nothing
+		// about the backend, so it is no verdict.
+		if ce := c.m.log.Check(zap.DebugLevel, "health probe skipped: out of local descriptors, memory or ports"); ce != nil {
 			ce.Write(zap.String("pool", c.key.pool), zap.String("backend", c.key.addr), zap.Error(err))
 		}
 		return
@@ -136,8 +136,14 @@ func (c *checker) wakeUp() {
 }
 
 // localShortage reports whether err is the proxy's own lack of
-// descriptors or kernel memory rather than anything the backend did.
+// descriptors, kernel memory or local ports rather than anything the
+// backend did: the errors the proxy does not hold against a backend
+// either.
 func localShortage(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+	for _, e := range [...]syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.EADDRNOTAVAIL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
