@@ -1,7 +1,12 @@
 package health
 
 import (
+	"context"
 	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -200,5 +205,30 @@ func TestJitter(t *testing.T) {
 	}
 	if lo > 920*time.Millisecond || hi < 1080*time.Millisecond {
 		t.Errorf("jitter in [%v, %v] over 10000 draws: not spread over ±10%%", lo, hi)
+	}
+}
+
+// TestLocalShortage: the errors that give no verdict, as the probes
+// wrap them.
+func TestLocalShortage(t *testing.T) {
+	dial := func(errno syscall.Errno) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", errno)}
+	}
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{dial(syscall.EMFILE), true},
+		{fmt.Errorf("upgrade /ws: %w", dial(syscall.ENFILE)), true},
+		{dial(syscall.ENOBUFS), true},
+		{dial(syscall.EADDRNOTAVAIL), true},
+		{dial(syscall.ECONNREFUSED), false},
+		{fmt.Errorf("upgrade /ws: %w", context.DeadlineExceeded), false},
+		{nil, false},
+	}
+	for _, tc := range tests {
+		if got := localShortage(tc.err); got != tc.want {
+			t.Errorf("localShortage(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
