@@ -195,6 +195,12 @@ admin:
 log:
   level: warn
   access_log: false
+# The derived caps leave fewer sessions than the idle test holds; these fit
+# the open-files limit of the bench machines (2 x sessions + 2 x connections
+# + the 5% reserve).
+admission:
+  max_sessions: $((IDLE + 100))
+  max_connections: 300
 defaults:
   ping_interval: 20s
   idle_timeout: 10m

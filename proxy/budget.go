@@ -17,7 +17,7 @@ import (
 //
 //	reserve     = max(64, N/20)   listeners, admin, logs, health probes, pollers, DNS
 //	usable      = N - reserve
-//	connections = usable/10       max_connections (at least 32): a client connection
+//	connections = usable/20       max_connections (at least 32): a client connection
 //	                              that is not a session, and the backend connection
 //	                              a plain HTTP request on it may hold
 //	sessions    = (usable - 2×connections)/2
@@ -73,7 +73,7 @@ func (b fileBudget) caps(a config.Admission) (sessions, conns int64) {
 	usable := b.limit - b.reserve()
 	switch {
 	case sessions == 0 && conns == 0:
-		conns = max(usable/10, minConnections)
+		conns = max(usable/20, minConnections)
 		sessions = max((usable-2*conns)/2, 1)
 	case sessions == 0:
 		sessions = max((usable-2*conns)/2, 1)

@@ -33,8 +33,8 @@ func TestFileBudget(t *testing.T) {
 		maxSessions, maxConns  int
 		wantSessions, wantConn int64
 	}{
-		{"both derived", 20000, 0, 0, 7600, 1900},
-		{"both derived, small limit", 1024, 0, 0, 384, 96},
+		{"both derived", 20000, 0, 0, 8550, 950},
+		{"both derived, small limit", 1024, 0, 0, 432, 48},
 		{"connections at their floor", 256, 0, 0, 64, 32},
 		{"tiny limit", 80, 0, 0, 1, 32},
 		{"sessions set", 20000, 5000, 0, 5000, 4500},
