@@ -216,10 +216,23 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 	dst = append(dst, " HTTP/1.1\r\nHost: "...)
 	dst = append(dst, f.host...)
 	dst = append(dst, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"...)
+	dst = appendEndToEnd(dst, h, false)
+	dst = appendForwarded(dst, h, f, peer)
+	return append(dst, "\r\n"...)
+}
+
+// appendEndToEnd appends the client's end-to-end header lines, names and
+// order kept: hop-by-hop headers and those Connection names are left out,
+// and with framing so are Content-Length and Expect, which the proxy sets
+// itself for the body it sends.
+//
+// Lines may end in a bare LF, which fasthttp accepts: they are split on LF
+// so that no header rides inside another and escapes the filter, and a
+// folded line, a name that is not a token or a bare CR, any of which would
+// read differently at the backend, is never passed on.
+func appendEndToEnd(dst []byte, h *fasthttp.RequestHeader, framing bool) []byte {
 	connection := h.PeekAll("Connection")
 	raw := h.RawHeaders()
-	// Lines may end in a bare LF, which fasthttp accepts: split on LF so
-	// that no header rides inside another and escapes skipHeader.
 	for len(raw) > 0 {
 		i := bytes.IndexByte(raw, '\n')
 		var line []byte
@@ -231,18 +244,17 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 		line = bytes.TrimSuffix(line, []byte("\r"))
 		colon := bytes.IndexByte(line, ':')
 		if colon <= 0 || !isToken(line[:colon]) || bytes.IndexByte(line, '\r') >= 0 {
-			// A folded line, a name with spaces or a bare CR would
-			// read differently at the backend: never pass it on.
 			continue
 		}
-		if skipHeader(line[:colon], connection) {
+		name := line[:colon]
+		if skipHeader(name, connection) || framing &&
+			(bytes.EqualFold(name, []byte("Content-Length")) || bytes.EqualFold(name, []byte("Expect"))) {
 			continue
 		}
 		dst = append(dst, line...)
 		dst = append(dst, "\r\n"...)
 	}
-	dst = appendForwarded(dst, h, f, peer)
-	return append(dst, "\r\n"...)
+	return dst
 }
 
 // isToken reports whether b is an RFC 9110 token, as a header name must be.

@@ -232,29 +232,7 @@ func appendProxyRequest(dst []byte, req *fasthttp.Request, pr *proxyRequest) []b
 		dst = append(dst, pr.backend...)
 	}
 	dst = append(dst, "\r\n"...)
-	connection := h.PeekAll("Connection")
-	raw := h.RawHeaders()
-	for len(raw) > 0 {
-		i := bytes.IndexByte(raw, '\n')
-		var line []byte
-		if i < 0 {
-			line, raw = raw, nil
-		} else {
-			line, raw = raw[:i], raw[i+1:]
-		}
-		line = bytes.TrimSuffix(line, []byte("\r"))
-		colon := bytes.IndexByte(line, ':')
-		if colon <= 0 || !isToken(line[:colon]) || bytes.IndexByte(line, '\r') >= 0 {
-			continue // never pass on what the backend could read differently
-		}
-		name := line[:colon]
-		if skipHeader(name, connection) || bytes.EqualFold(name, []byte("Content-Length")) ||
-			bytes.EqualFold(name, []byte("Expect")) {
-			continue
-		}
-		dst = append(dst, line...)
-		dst = append(dst, "\r\n"...)
-	}
+	dst = appendEndToEnd(dst, h, true)
 	dst = appendForwarded(dst, h, &pr.forwarded, pr.peer)
 	switch {
 	case pr.bodyLen < 0:
