@@ -1,0 +1,736 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+
+	"github.com/wsproxy/wsproxy/internal/testpki"
+)
+
+// TestDeploymentMatrix runs the wsproxy binary as it is deployed, in front
+// of a backend that behaves like Node's http server, for every
+// combination of a plain or TLS listener and a plain or TLS pool, and
+// walks each through what a web application sends: pages, a WebSocket
+// with a subprotocol and permessage-deflate, requests spaced past the
+// backend's keep-alive timeout, large and chunked uploads, an upload the
+// client abandons, a large download, Server-Sent Events and long-polls
+// around read_timeout. The backend must stay healthy throughout, and no
+// connection failure may be blamed on it.
+//
+// In the four matrix cells the backend closes idle connections after 1 s
+// while the pool keeps them for 3 s, so the proxy meets connections the
+// backend already closed. A fifth cell runs Node's own 5 s keep-alive
+// against the pool's default idle_conn_timeout.
+//
+// The data volumes (about 350 MiB per cell) go through a binary built
+// without the race detector.
+func TestDeploymentMatrix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary, moves about 1.5 GiB")
+	}
+	bin := buildPlainBinary(t)
+	ca := testpki.NewCA(t)
+	leaf := ca.Issue(t, "loopback", testpki.Options{Names: []string{"127.0.0.1", "localhost"}})
+
+	cells := []matrixCell{
+		{name: "listener=plain/backend=plain", keepAlive: time.Second, idleConnTimeout: "3s", cases: fullCases},
+		{name: "listener=plain/backend=tls", backendTLS: true, keepAlive: time.Second, idleConnTimeout: "3s", cases: fullCases},
+		{name: "listener=tls/backend=plain", listenerTLS: true, keepAlive: time.Second, idleConnTimeout: "3s", cases: fullCases},
+		{name: "listener=tls/backend=tls", listenerTLS: true, backendTLS: true, keepAlive: time.Second, idleConnTimeout: "3s", cases: fullCases},
+		// Node's default keepAliveTimeout against the pool's default
+		// idle_conn_timeout.
+		{name: "defaults/node-5s", keepAlive: 5 * time.Second, cases: defaultsCases},
+	}
+	start := time.Now()
+	for _, c := range cells {
+		t.Run(c.name, func(t *testing.T) {
+			cellStart := time.Now()
+			d := deploy(t, bin, ca, leaf, c)
+			for _, mc := range c.cases {
+				if len(mc.group) > 0 {
+					d.runGroup(t, mc)
+					continue
+				}
+				d.runCase(t, mc)
+			}
+			t.Logf("cell %s: %v", c.name, time.Since(cellStart).Round(time.Millisecond))
+		})
+	}
+	t.Logf("matrix: %v", time.Since(start).Round(time.Millisecond))
+}
+
+// matrixCell is one deployment: listener and pool TLS, and how the
+// backend and the pool keep connections alive.
+type matrixCell struct {
+	name                    string
+	listenerTLS, backendTLS bool
+	keepAlive               time.Duration // the backend's idle keep-alive timeout
+	idleConnTimeout         string        // the pool's idle_conn_timeout; "" = default
+	cases                   []matrixCase
+}
+
+// matrixCase is one thing a client does to a deployment. A case with a
+// group runs its members at once (they are slow on purpose); blame is
+// then judged for the group, allowing what its members may cost.
+type matrixCase struct {
+	name string
+	run  func(t *testing.T, d *deployment)
+	// backendErrors is how many requests the proxy may count in
+	// wsproxy_http_backend_errors_total during the case.
+	backendErrors int
+	group         []matrixCase
+}
+
+var fullCases = []matrixCase{
+	{name: "page-x10", run: casePages},
+	{name: "websocket-deflate-subprotocol", run: caseWebSocket},
+	{name: "spaced-past-keepalive", run: caseSpaced},
+	{name: "post-10MiB", run: func(t *testing.T, d *deployment) { d.upload(t, 10<<20, false) }},
+	{name: "post-64MiB", run: func(t *testing.T, d *deployment) { d.upload(t, 64<<20, false) }},
+	{name: "chunked-upload", run: func(t *testing.T, d *deployment) { d.upload(t, 8<<20+3, true) }},
+	{name: "aborted-upload", run: caseAbortedUpload},
+	{name: "around-read-timeout", backendErrors: 1, group: []matrixCase{
+		{name: "download-256MiB-past-read-timeout", run: caseDownload},
+		{name: "sse-past-read-timeout", run: caseSSE},
+		{name: "long-poll-under-read-timeout", run: casePollUnder},
+		{name: "long-poll-over-read-timeout", run: casePollOver},
+	}},
+	{name: "health", run: caseHealth},
+}
+
+var defaultsCases = []matrixCase{
+	{name: "page-x10", run: casePages},
+	{name: "websocket-deflate-subprotocol", run: caseWebSocket},
+	{name: "spaced-past-keepalive", run: caseSpaced},
+	{name: "health", run: caseHealth},
+}
+
+// The proxy's read_timeout in the cells, and the SSE and long-poll timing
+// around it.
+const (
+	matrixReadTimeout = 2 * time.Second
+	sseEvents         = 9
+	sseEvery          = 300 * time.Millisecond // 9 events: 2.7 s, past read_timeout
+	pollUnder         = 1500 * time.Millisecond
+	pollOver          = 3 * time.Second
+	downloadBytes     = 256 << 20
+	downloadOver      = 2500 * time.Millisecond // a steady 100 MiB/s, past read_timeout
+)
+
+// buildPlainBinary builds wsproxy without the race detector into the
+// test's temporary directory.
+func buildPlainBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "wsproxy")
+	start := time.Now()
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	t.Logf("built %s in %v", filepath.Base(bin), time.Since(start).Round(time.Millisecond))
+	return bin
+}
+
+const matrixConfig = `
+listeners:
+  - address: %q
+%s
+admin: {address: %q}
+log: {level: info, format: json}
+defaults:
+  read_timeout: %s
+  ping_interval: 1s
+routes:
+  - {path: /, pool: p}
+pools:
+  p:
+%s
+    backends: [{address: %q}]
+    health: {type: none, passive_failures: 2}
+%s
+`
+
+// deployment is a running proxy in front of one backend, and clients for
+// it.
+type deployment struct {
+	cell    matrixCell
+	proc    *process
+	backend *nodeBackend
+	listen  string // host:port of the public listener
+	admin   string
+	base    string // http://listen or https://listen
+	wsBase  string
+	client  *http.Client
+	dialer  *websocket.Dialer
+	tlsConf *tls.Config // the clients' view of the listener, nil if plain
+	bin     string
+	cfgPath string
+	// earlier holds the logs of proxies restarted because a case took the
+	// backend down, and downs the names of those cases.
+	earlier strings.Builder
+	downs   []string
+}
+
+func deploy(t *testing.T, bin string, ca *testpki.CA, leaf testpki.Leaf, c matrixCell) *deployment {
+	t.Helper()
+	var backendLeaf *testpki.Leaf
+	if c.backendTLS {
+		backendLeaf = &leaf
+	}
+	d := &deployment{cell: c, backend: startNodeBackend(t, c.keepAlive, backendLeaf)}
+	d.listen, d.admin = freePort(t), freePort(t)
+	listenerTLS, poolTLS, idle := "", "", ""
+	d.base, d.wsBase = "http://"+d.listen, "ws://"+d.listen
+	if c.listenerTLS {
+		listenerTLS = fmt.Sprintf("    tls: {certificates: [{cert_file: %q, key_file: %q}]}", leaf.CertFile, leaf.KeyFile)
+		d.base, d.wsBase = "https://"+d.listen, "wss://"+d.listen
+		d.tlsConf = &tls.Config{RootCAs: ca.Pool()}
+	}
+	if c.backendTLS {
+		poolTLS = fmt.Sprintf("    tls: {enabled: true, ca_file: %q}", ca.File)
+	}
+	if c.idleConnTimeout != "" {
+		idle = "    idle_conn_timeout: " + c.idleConnTimeout
+	}
+	d.bin = bin
+	d.cfgPath = writeConfig(t, fmt.Sprintf(matrixConfig, d.listen, listenerTLS, d.admin, matrixReadTimeout, idle, d.backend.addr, poolTLS))
+	d.proc = startBinary(t, bin, "-config", d.cfgPath)
+	waitHTTP(t, d.proc, "http://"+d.admin+"/readyz", 200)
+	tr := &http.Transport{
+		TLSClientConfig:     d.tlsConf,
+		MaxIdleConnsPerHost: 4,
+		DisableCompression:  true,
+		WriteBufferSize:     64 << 10,
+		ReadBufferSize:      64 << 10,
+	}
+	d.client = &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	t.Cleanup(tr.CloseIdleConnections)
+	d.dialer = &websocket.Dialer{
+		TLSClientConfig:   d.tlsConf,
+		HandshakeTimeout:  5 * time.Second,
+		EnableCompression: true,
+		Subprotocols:      []string{wsSubprotocol},
+	}
+	return d
+}
+
+// startBinary runs bin like startProcess runs the race-built binary.
+func startBinary(t *testing.T, bin string, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stderr = p.stderr
+	cmd.Stdout = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// runCase runs one case and then judges whether the backend was blamed.
+func (d *deployment) runCase(t *testing.T, mc matrixCase) {
+	t.Run(mc.name, func(t *testing.T) {
+		before := d.snapshot(t)
+		start := time.Now()
+		mc.run(t, d)
+		t.Logf("%s: %v", mc.name, time.Since(start).Round(time.Millisecond))
+		d.judge(t, before, mc.backendErrors)
+	})
+	d.recover(t, mc.name)
+}
+
+// recover restarts the proxy if the case left the backend down, so that
+// the next cases are judged on their own; with passive checks only, the
+// backend would otherwise stay out until a recovery probe brings it back.
+// The health case reports every such restart.
+func (d *deployment) recover(t *testing.T, after string) {
+	t.Helper()
+	if metricSum(d.metrics(t), "wsproxy_backend_healthy", `backend="`+d.backend.addr+`"`) == 1 {
+		return
+	}
+	t.Logf("%s took the backend down: restarting the proxy", after)
+	d.downs = append(d.downs, after)
+	d.proc.cmd.Process.Kill()
+	<-d.proc.done
+	d.earlier.WriteString(d.proc.stderr.String())
+	d.client.Transport.(*http.Transport).CloseIdleConnections()
+	d.proc = startBinary(t, d.bin, "-config", d.cfgPath)
+	waitHTTP(t, d.proc, "http://"+d.admin+"/readyz", 200)
+}
+
+// runGroup runs the members of mc at once, each its own subtest.
+func (d *deployment) runGroup(t *testing.T, mc matrixCase) {
+	t.Run(mc.name, func(t *testing.T) {
+		before := d.snapshot(t)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, m := range mc.group {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				t.Run(m.name, func(t *testing.T) { m.run(t, d) })
+			}()
+		}
+		wg.Wait()
+		t.Logf("%s: %v", mc.name, time.Since(start).Round(time.Millisecond))
+		d.judge(t, before, mc.backendErrors)
+	})
+	d.recover(t, mc.name)
+}
+
+// snap is what judge compares: counters and the log position.
+type snap struct {
+	backendErrors float64
+	logAt         int
+}
+
+func (d *deployment) snapshot(t *testing.T) snap {
+	return snap{backendErrors: metricSum(d.metrics(t), "wsproxy_http_backend_errors_total"), logAt: len(d.proc.stderr.String())}
+}
+
+// judge fails t if the proxy counted more backend errors than allowed
+// since before, or took the backend out. It quotes the proxy's warnings.
+func (d *deployment) judge(t *testing.T, before snap, allowed int) {
+	t.Helper()
+	m := d.metrics(t)
+	errs := metricSum(m, "wsproxy_http_backend_errors_total") - before.backendErrors
+	healthy := metricSum(m, "wsproxy_backend_healthy", `backend="`+d.backend.addr+`"`)
+	if int(errs) > allowed || healthy != 1 {
+		t.Errorf("blame: wsproxy_http_backend_errors_total +%v (allowed %d), wsproxy_backend_healthy %v; proxy warnings:\n%s",
+			errs, allowed, healthy, d.warnings(before.logAt))
+	}
+}
+
+// warnings returns the warn and error lines of the running proxy's log
+// from offset on.
+func (d *deployment) warnings(offset int) string {
+	return warnLines(d.proc.stderr.String()[offset:])
+}
+
+func warnLines(log string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+			b.WriteString("    " + l + "\n")
+		}
+	}
+	if b.Len() == 0 {
+		return "    (none)\n"
+	}
+	return b.String()
+}
+
+func (d *deployment) metrics(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + d.admin + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	return string(b)
+}
+
+// metricSum sums the samples of the metric called name whose labels
+// contain every one of labels (`key="value"`).
+func metricSum(text, name string, labels ...string) float64 {
+	var sum float64
+	for _, l := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(l, name) || len(l) == len(name) || (l[len(name)] != ' ' && l[len(name)] != '{') {
+			continue
+		}
+		ok := true
+		for _, lb := range labels {
+			if !strings.Contains(l, lb) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(l[strings.LastIndexByte(l, ' ')+1:], 64); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// get fetches path and returns its status and body, reporting a transport
+// error on t.
+func (d *deployment) get(t *testing.T, path string) (int, string, http.Header) {
+	t.Helper()
+	resp, err := d.client.Get(d.base + path)
+	if err != nil {
+		t.Errorf("GET %s: %v", path, err)
+		return 0, "", nil
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Errorf("GET %s: body: %v", path, err)
+	}
+	return resp.StatusCode, string(b), resp.Header
+}
+
+func casePages(t *testing.T, d *deployment) {
+	for i := 0; i < 10; i++ {
+		code, body, h := d.get(t, "/")
+		if code != 200 || body != pageBody {
+			t.Errorf("page %d: %d %.200q", i+1, code, body)
+			continue
+		}
+		if ka := h.Get("Keep-Alive"); ka != "" {
+			t.Errorf("page %d: the backend's hop-by-hop Keep-Alive %q reached the client", i+1, ka)
+		}
+	}
+}
+
+func caseWebSocket(t *testing.T, d *deployment) {
+	before := metricSum(d.metrics(t), "wsproxy_bytes_total", `direction="client_to_backend"`)
+	c, resp, err := d.dialer.Dial(d.wsBase+"/ws", nil)
+	if err != nil {
+		status := ""
+		if resp != nil {
+			status = resp.Status
+		}
+		t.Fatalf("dial: %v %s", err, status)
+	}
+	defer c.Close()
+	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != wsSubprotocol || c.Subprotocol() != wsSubprotocol {
+		t.Errorf("subprotocol: header %q, conn %q; want %q", got, c.Subprotocol(), wsSubprotocol)
+	}
+	if ext := resp.Header.Get("Sec-WebSocket-Extensions"); !strings.Contains(ext, "permessage-deflate") {
+		t.Errorf("Sec-WebSocket-Extensions %q, want permessage-deflate", ext)
+	}
+	random := make([]byte, 1000)
+	io.ReadFull(newStream(), random) //nolint:errcheck
+	big := bytes.Repeat([]byte("the quick brown fox jumps over the lazy dog; "), 512<<10/45)
+	msgs := []struct {
+		typ  int
+		data []byte
+	}{
+		{websocket.TextMessage, []byte("hello")},
+		{websocket.BinaryMessage, random},
+		{websocket.TextMessage, big},
+		{websocket.TextMessage, []byte("")},
+	}
+	sent := 0
+	for i, m := range msgs {
+		c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		if err := c.WriteMessage(m.typ, m.data); err != nil {
+			t.Fatalf("message %d: write: %v", i, err)
+		}
+		sent += len(m.data)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		typ, got, err := c.ReadMessage()
+		if err != nil {
+			t.Fatalf("message %d: read: %v", i, err)
+		}
+		if typ != m.typ || !bytes.Equal(got, m.data) {
+			t.Errorf("message %d: echo type %d, %d bytes; sent type %d, %d bytes", i, typ, len(got), m.typ, len(m.data))
+		}
+	}
+	// Compression happened end to end: far fewer bytes crossed the proxy
+	// than the messages held.
+	wire := metricSum(d.metrics(t), "wsproxy_bytes_total", `direction="client_to_backend"`) - before
+	if wire <= 0 || wire > float64(sent)/8 {
+		t.Errorf("%d bytes of messages took %v bytes on the wire: not compressed", sent, wire)
+	}
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye")) //nolint:errcheck
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := c.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseNormalClosure) {
+		t.Errorf("closing handshake: %v, want close 1000", err)
+	}
+}
+
+// caseSpaced lets the backend close every pooled connection it sat idle
+// on, then sends a request at once: the proxy must not answer it with the
+// error a dead connection gave (nor count one). A POST follows the first
+// gap, since a POST cannot be retried blindly, a GET the second.
+func caseSpaced(t *testing.T, d *deployment) {
+	for i := 0; i <= d.cell.gaps(); i++ {
+		if i%2 == 1 {
+			d.upload(t, 64<<10, false)
+		} else if code, body, _ := d.get(t, "/"); code != 200 || body != pageBody {
+			t.Errorf("request %d: GET / %d %.200q", i, code, body)
+		}
+		if i == d.cell.gaps() {
+			break
+		}
+		closed := d.backend.waitIdleGone(t, d.cell.keepAlive+2*time.Second)
+		t.Logf("gap %d: %d idle connection(s) closed, %d by the backend's keep-alive timeout", i+1, closed.all, closed.byBackend)
+	}
+}
+
+// gaps is how many times caseSpaced lets the connections go idle: twice
+// when the keep-alive timeout is short, once with Node's 5 s.
+func (c matrixCell) gaps() int {
+	if c.keepAlive > 2*time.Second {
+		return 1
+	}
+	return 2
+}
+
+// upload POSTs n bytes of the stream, chunked or with a Content-Length,
+// and checks that the backend saw exactly them.
+func (d *deployment) upload(t *testing.T, n int64, chunked bool) {
+	t.Helper()
+	h := sha256.New()
+	var body io.Reader = io.TeeReader(io.LimitReader(newStream(), n), h)
+	if chunked {
+		body = &oddReader{r: body}
+	}
+	req, err := http.NewRequest("POST", d.base+"/upload", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.ContentLength = n
+	if chunked {
+		req.ContentLength = -1
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	start := time.Now()
+	resp, err := d.client.Do(req)
+	if err != nil {
+		t.Errorf("POST %d bytes: %v", n, err)
+		return
+	}
+	defer resp.Body.Close()
+	got, _ := io.ReadAll(resp.Body)
+	want := fmt.Sprintf("%s %d", hex.EncodeToString(h.Sum(nil)), n)
+	if resp.StatusCode != 200 || string(got) != want {
+		t.Errorf("POST %d bytes (chunked %v): %d %.300q; want 200 %q", n, chunked, resp.StatusCode, got, want)
+		return
+	}
+	if sum := streamSum(n); !strings.HasPrefix(want, sum) {
+		t.Errorf("POST %d bytes: sent %s, the stream's sum is %s", n, want, sum)
+	}
+	if n >= 1<<20 {
+		t.Logf("POST %d MiB (chunked %v): %v", n>>20, chunked, time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// oddReader returns the bytes of r in reads of odd, changing sizes, so
+// that a chunked body has chunks of every kind of length.
+type oddReader struct {
+	r io.Reader
+	i int
+}
+
+var oddSizes = [...]int{1, 7, 125, 4096, 65537, 3, 1 << 20, 333}
+
+func (o *oddReader) Read(p []byte) (int, error) {
+	n := oddSizes[o.i%len(oddSizes)]
+	o.i++
+	if len(p) > n {
+		p = p[:n]
+	}
+	return o.r.Read(p)
+}
+
+// caseAbortedUpload twice sends half of a 32 MiB body and hangs up. That
+// is the client's doing: the proxy must not count it against the backend
+// (two such failures in a row would take it out), and the next requests
+// must go through.
+func caseAbortedUpload(t *testing.T, d *deployment) {
+	for i := 0; i < 2; i++ {
+		d.abortUpload(t)
+	}
+	if code, body, _ := d.get(t, "/"); code != 200 || body != pageBody {
+		t.Errorf("GET / after the abandoned uploads: %d %.200q", code, body)
+	}
+	d.upload(t, 1<<20, false)
+}
+
+func (d *deployment) abortUpload(t *testing.T) {
+	t.Helper()
+	const length, sent = 32 << 20, 16 << 20
+	requestsBefore := metricSum(d.metrics(t), "wsproxy_http_requests_total")
+	cutBefore := d.backend.uploadsCut.Load()
+	var conn net.Conn
+	var err error
+	if d.tlsConf != nil {
+		conn, err = tls.Dial("tcp", d.listen, d.tlsConf)
+	} else {
+		conn, err = net.Dial("tcp", d.listen)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n", d.listen, length)
+	if _, err := io.CopyBuffer(conn, io.LimitReader(newStream(), sent), make([]byte, 1<<20)); err != nil {
+		t.Errorf("writing the first half: %v", err)
+	}
+	conn.Close()
+	// The proxy is done with the request once it counted it.
+	deadline := time.Now().Add(10 * time.Second)
+	for metricSum(d.metrics(t), "wsproxy_http_requests_total") == requestsBefore {
+		if time.Now().After(deadline) {
+			t.Errorf("the proxy never finished the abandoned request (backend saw %d cut uploads)", d.backend.uploadsCut.Load()-cutBefore)
+			break
+		}
+		select {
+		case <-d.backend.uploadEvents:
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Logf("backend saw %d cut upload(s)", d.backend.uploadsCut.Load()-cutBefore)
+}
+
+func caseDownload(t *testing.T, d *deployment) {
+	want := streamSum(downloadBytes)
+	start := time.Now()
+	resp, err := d.client.Get(fmt.Sprintf("%s/download?n=%d&over=%s", d.base, downloadBytes, downloadOver))
+	if err != nil {
+		t.Fatalf("GET /download: %v", err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	got, err := io.CopyBuffer(h, resp.Body, make([]byte, 1<<20))
+	elapsed := time.Since(start)
+	sum := hex.EncodeToString(h.Sum(nil))
+	if resp.StatusCode != 200 || err != nil || got != downloadBytes || sum != want {
+		t.Errorf("download: status %d, %d of %d bytes after %v (read_timeout %v), err %v, sha256 match %v",
+			resp.StatusCode, got, downloadBytes, elapsed.Round(time.Millisecond), matrixReadTimeout, err, sum == want)
+		return
+	}
+	t.Logf("%d MiB in %v", downloadBytes>>20, elapsed.Round(time.Millisecond))
+}
+
+func caseSSE(t *testing.T, d *deployment) {
+	start := time.Now()
+	resp, err := d.client.Get(fmt.Sprintf("%s/sse?n=%d&every=%s", d.base, sseEvents, sseEvery))
+	if err != nil {
+		t.Fatalf("GET /sse: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		t.Errorf("GET /sse: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	var got []string
+	var firstAt time.Duration
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			if got = append(got, data); len(got) == 1 {
+				firstAt = time.Since(start)
+			}
+		}
+	}
+	elapsed := time.Since(start)
+	if len(got) != sseEvents || sc.Err() != nil {
+		t.Errorf("SSE: %d of %d events in %v (read_timeout %v), then %v; last %q",
+			len(got), sseEvents, elapsed.Round(time.Millisecond), matrixReadTimeout, sc.Err(), last(got))
+		return
+	}
+	for i, e := range got {
+		if e != fmt.Sprintf("event %d", i) {
+			t.Errorf("event %d: %q", i, e)
+		}
+	}
+	// The events streamed: the first came long before the stream ended.
+	if firstAt > elapsed/2 {
+		t.Errorf("first event after %v of %v: buffered, not streamed", firstAt, elapsed)
+	}
+}
+
+func last(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[len(s)-1]
+}
+
+func casePollUnder(t *testing.T, d *deployment) {
+	start := time.Now()
+	code, body, _ := d.get(t, "/poll?hold="+pollUnder.String())
+	if want := "held " + pollUnder.String(); code != 200 || body != want {
+		t.Errorf("long-poll of %v (read_timeout %v): %d %.200q after %v; want 200 %q",
+			pollUnder, matrixReadTimeout, code, body, time.Since(start).Round(time.Millisecond), want)
+	}
+}
+
+func casePollOver(t *testing.T, d *deployment) {
+	start := time.Now()
+	code, body, h := d.get(t, "/poll?hold="+pollOver.String())
+	elapsed := time.Since(start)
+	if code != 504 {
+		t.Errorf("long-poll of %v (read_timeout %v): %d %.200q after %v; want 504", pollOver, matrixReadTimeout, code, body, elapsed.Round(time.Millisecond))
+	}
+	if elapsed >= pollOver {
+		t.Errorf("the 504 came after %v, once the backend had answered (hold %v)", elapsed, pollOver)
+	}
+	_ = h
+}
+
+func caseHealth(t *testing.T, d *deployment) {
+	if code, _, _ := getAdmin(t, d.admin, "/healthz"); code != 200 {
+		t.Errorf("/healthz: %d", code)
+	}
+	code, body, _ := getAdmin(t, d.admin, "/status")
+	var st struct {
+		Pools []struct {
+			Backends []struct {
+				Address string `json:"address"`
+				Healthy bool   `json:"healthy"`
+			} `json:"backends"`
+		} `json:"pools"`
+	}
+	if err := json.Unmarshal([]byte(body), &st); code != 200 || err != nil || len(st.Pools) != 1 || len(st.Pools[0].Backends) != 1 {
+		t.Fatalf("/status: %d %v %.300s", code, err, body)
+	}
+	if b := st.Pools[0].Backends[0]; !b.Healthy {
+		t.Errorf("/status: backend %s unhealthy", b.Address)
+	}
+	if len(d.downs) > 0 {
+		t.Errorf("the backend went down during the cell, after %s (the proxy was restarted each time); the proxy's warnings:\n%s",
+			strings.Join(d.downs, ", "), warnLines(d.earlier.String()+d.proc.stderr.String()))
+	} else if log := d.proc.stderr.String(); strings.Contains(log, `"msg":"backend down"`) {
+		t.Errorf("the backend went down during the cell:\n%s", d.warnings(0))
+	}
+}
+
+func getAdmin(t *testing.T, admin, path string) (int, string, error) {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + path)
+	if err != nil {
+		t.Errorf("GET %s: %v", path, err)
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
