@@ -213,6 +213,9 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 			// it, and stop watching the removed one.
 			track(files)
 			if len(changed) == 0 {
+				if ce := log.Check(zap.DebugLevel, "configuration touched; no content changed"); ce != nil {
+					ce.Write()
+				}
 				continue
 			}
 			log.Info("configuration changed; reloading", zap.Strings("changed", changed))
