@@ -37,17 +37,7 @@ type adminServer struct {
 
 func newAdminServer(in *instance) *adminServer {
 	a := &adminServer{in: in, reg: prometheus.NewRegistry(), history: newHistory(in.srv.Collector())}
-	a.reg.MustRegister(
-		in.srv.Collector(),
-		&in.reloads,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "wsproxy_build_info",
-			Help:        "Always 1; the version is a label.",
-			ConstLabels: prometheus.Labels{"version": versionString()},
-		}, func() float64 { return 1 }),
-	)
+	a.reg.MustRegister(in.collectors()...)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", a.page)
 	mux.HandleFunc("GET /healthz", a.healthz)
@@ -70,6 +60,21 @@ func newAdminServer(in *instance) *adminServer {
 	mux.Handle("/debug/pprof/trace", a.pprofOnly(http.HandlerFunc(pprof.Trace)))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return a
+}
+
+// collectors are the metrics /metrics serves.
+func (in *instance) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		in.srv.Collector(),
+		&in.reloads,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "wsproxy_build_info",
+			Help:        "Always 1; the version is a label.",
+			ConstLabels: prometheus.Labels{"version": versionString()},
+		}, func() float64 { return 1 }),
+	}
 }
 
 func (a *adminServer) serve(ln net.Listener) error { return a.http.Serve(ln) }
