@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -32,7 +33,8 @@ import (
 // an editor's save or a kubelet update comes as a burst of events.
 const watchDebounce = 250 * time.Millisecond
 
-// maxSymlinkHops bounds the symlink chain followed from a file.
+// maxSymlinkHops bounds the symlinks followed from a file (a loop ends
+// there).
 const maxSymlinkHops = 16
 
 // configWatch is a running watcher; nil means none.
@@ -103,26 +105,55 @@ func watchedFiles(path string, cfg *config.Config) []string {
 	return slices.Compact(files)
 }
 
-// watchDirs returns the directories to watch for files: each file's, and
-// that of every hop of its symlinks (a relative link is relative to the
-// directory of the link).
+// watchDirs returns the directories to watch for files: for each file, the
+// directory that holds it once every symlink is resolved, and the
+// directory of every symlink met on the way, file or directory (where a
+// swap such as the kubelet's "..data" shows). Each is resolved itself, so
+// that one directory is never watched under two names.
 func watchDirs(files []string) map[string]bool {
 	dirs := map[string]bool{}
+	add := func(d string) {
+		if r, err := filepath.EvalSymlinks(d); err == nil {
+			d = r
+		}
+		dirs[d] = true
+	}
 	for _, f := range files {
 		p, _ := filepath.Abs(f)
-		for range maxSymlinkHops {
-			dirs[filepath.Dir(p)] = true
-			target, err := os.Readlink(p)
-			if err != nil {
-				break // not a symlink (or gone): its directory is watched
-			}
-			if !filepath.IsAbs(target) {
-				target = filepath.Join(filepath.Dir(p), target)
-			}
-			p = target
-		}
+		followSymlinks(p, add, 0)
 	}
 	return dirs
+}
+
+// followSymlinks calls add with the directory of p and of the first
+// symlink along p, then follows that symlink.
+func followSymlinks(p string, add func(dir string), depth int) {
+	add(filepath.Dir(p))
+	if depth >= maxSymlinkHops {
+		return
+	}
+	parts := strings.Split(strings.TrimPrefix(p, string(filepath.Separator)), string(filepath.Separator))
+	prefix := string(filepath.Separator)
+	for i, part := range parts {
+		prefix = filepath.Join(prefix, part)
+		fi, err := os.Lstat(prefix)
+		if err != nil {
+			return // gone: its directory is watched, for when it comes
+		}
+		if fi.Mode()&os.ModeSymlink == 0 {
+			continue
+		}
+		add(filepath.Dir(prefix))
+		target, err := os.Readlink(prefix)
+		if err != nil {
+			return
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(prefix), target)
+		}
+		followSymlinks(filepath.Join(append([]string{target}, parts[i+1:]...)...), add, depth+1)
+		return
+	}
 }
 
 // fileSum is what a file holds, as far as a reload is concerned.
@@ -145,7 +176,6 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 	defer fw.Close()
 	log := in.log.Named("watch")
 	sums := map[string]fileSum{}
-	watched := map[string]bool{}
 	// track takes the files of the configuration applied: new ones are
 	// hashed as they are now, and the directories follow the symlinks as
 	// they point now.
@@ -162,11 +192,15 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 			}
 		}
 		want := watchDirs(files)
-		for d := range watched {
+		// A removed directory drops out of the watch list by itself.
+		for _, d := range fw.WatchList() {
 			if !want[d] {
-				_ = fw.Remove(d) // fails for a directory already gone
-				delete(watched, d)
+				_ = fw.Remove(d)
 			}
+		}
+		watched := map[string]bool{}
+		for _, d := range fw.WatchList() {
+			watched[d] = true
 		}
 		for d := range want {
 			if watched[d] {
@@ -174,9 +208,7 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 			}
 			if err := fw.Add(d); err != nil {
 				log.Warn("cannot watch a directory of the configuration", zap.String("dir", d), zap.Error(err))
-				continue
 			}
-			watched[d] = true
 		}
 	}
 	track(files)
