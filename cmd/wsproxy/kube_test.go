@@ -386,14 +386,14 @@ func TestShutdownDelay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	const delay = 3 * time.Second
+	const delay = 2 * time.Second
 	backend := echoBackend(t, "b1")
 	listen, admin := freePort(t), freePort(t)
 	cfgPath := writeConfig(t, fmt.Sprintf(`
 shutdown_delay: %s
 listeners: [{address: %q}]
 admin: {address: %q}
-defaults: {drain_timeout: 1s}
+defaults: {drain_timeout: 2s}
 routes: [{path: /, pool: p}]
 pools:
   p: {backends: [{address: %q}]}
@@ -427,6 +427,9 @@ pools:
 	if code, body := get(t, "http://"+listen+"/"); code != 200 || body != "b1" {
 		t.Fatalf("plain HTTP during the delay: %d %q", code, body)
 	}
+	if code, _, body := post(t, "http://"+admin+"/reload", ""); code != 200 {
+		t.Fatalf("POST /reload during the delay: %d %s, want 200 (reloads go on)", code, body)
+	}
 	served := time.Since(sigterm)
 	if served >= delay {
 		t.Fatalf("the checks took %v, longer than the delay: they prove nothing", served)
@@ -435,9 +438,20 @@ pools:
 		t.Fatalf("drained before the delay ended:\n%s", p.stderr.String())
 	}
 
-	// Then the drain: both sessions get 1001, not before the delay.
+	// Then the drain: a reload is refused at once rather than left
+	// waiting, and both sessions get 1001, not before the delay.
+	waitLog(t, p, "draining sessions")
+	quick := &http.Client{Timeout: time.Second}
+	if resp, err := quick.Post("http://"+admin+"/reload", "", nil); err != nil {
+		t.Errorf("POST /reload during the drain: %v, want 503 at once", err)
+	} else {
+		resp.Body.Close()
+		if resp.StatusCode != 503 {
+			t.Errorf("POST /reload during the drain: %d, want 503", resp.StatusCode)
+		}
+	}
 	for _, c := range []*websocket.Conn{before, during} {
-		_ = c.SetReadDeadline(time.Now().Add(delay + 5*time.Second))
+		_ = c.SetReadDeadline(time.Now().Add(delay + 6*time.Second))
 		_, _, err := c.ReadMessage()
 		var ce *websocket.CloseError
 		if !errorsAs(err, &ce) || ce.Code != 1001 {

@@ -252,7 +252,6 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	defer close(in.stopped)
 	watch := in.watchConfig(ctx, cfg, nil)
 	code := 0
 	// delay fires once shutdown_delay has passed after SIGTERM; until then
@@ -300,6 +299,7 @@ loop:
 			break loop
 		}
 	}
+	close(in.stopped) // POST /reload answers 503 from now on
 	watch.stop()
 	if !hurried {
 		code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
