@@ -1,12 +1,15 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
 	"testing"
+
+	"github.com/wsproxy/wsproxy/internal/testpki"
 )
 
 // symlink makes a symlink or fails the test.
@@ -118,5 +121,77 @@ func TestWatchConfigDirectorySwap(t *testing.T) {
 	st := waitReloadsDone(t, p, admin, 1)
 	if st.ReloadsOK != 1 || !dialOK(listen, "/two") {
 		t.Fatalf("after the swap: %+v:\n%s", st, p.stderr.String())
+	}
+}
+
+// A certificate renewed in a mounted Secret (its ..data symlink swapped,
+// as cert-manager's renewals reach a pod) is served without a signal: the
+// watcher watches the files the config names too.
+func TestWatchConfigRenewedCertificate(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	ca := testpki.NewCA(t)
+	first := ca.Issue(t, "first", testpki.Options{Names: []string{"127.0.0.1"}})
+	second := ca.Issue(t, "second", testpki.Options{Names: []string{"127.0.0.1"}})
+	if first.Cert.Subject.CommonName == second.Cert.Subject.CommonName {
+		t.Fatal("the two certificates have the same name: the test could not tell them apart")
+	}
+	backend := echoBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+
+	secret := t.TempDir()
+	put := func(version string, leaf testpki.Leaf) {
+		mkdir(t, filepath.Join(secret, version))
+		for src, dst := range map[string]string{leaf.CertFile: "tls.crt", leaf.KeyFile: "tls.key"} {
+			data, err := os.ReadFile(src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(secret, version, dst), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put("..v1", first)
+	symlink(t, "..v1", filepath.Join(secret, "..data"))
+	symlink(t, "..data/tls.crt", filepath.Join(secret, "tls.crt"))
+	symlink(t, "..data/tls.key", filepath.Join(secret, "tls.key"))
+	cfgPath := writeConfig(t, fmt.Sprintf(`
+watch_config: true
+listeners:
+  - address: %q
+    tls: {certificates: [{cert_file: %q, key_file: %q}]}
+admin: {address: %q}
+routes: [{path: /, pool: p}]
+pools:
+  p: {backends: [{address: %q}]}
+`, listen, filepath.Join(secret, "tls.crt"), filepath.Join(secret, "tls.key"), admin, backend))
+	p := startProcess(t, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	waitLog(t, p, "watching the configuration")
+
+	served := func() string {
+		conn, err := tls.Dial("tcp", listen, &tls.Config{RootCAs: ca.Pool()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := served(); got != first.Cert.Subject.CommonName {
+		t.Fatalf("serving %q at start, want %q", got, first.Cert.Subject.CommonName)
+	}
+	put("..v2", second)
+	symlink(t, "..v2", filepath.Join(secret, "..data_tmp"))
+	if err := os.Rename(filepath.Join(secret, "..data_tmp"), filepath.Join(secret, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	st := waitReloadsDone(t, p, admin, 1)
+	if st.ReloadsOK != 1 {
+		t.Fatalf("reload after the renewal failed:\n%s", p.stderr.String())
+	}
+	if got := served(); got != second.Cert.Subject.CommonName {
+		t.Fatalf("serving %q after the renewal, want %q", got, second.Cert.Subject.CommonName)
 	}
 }
