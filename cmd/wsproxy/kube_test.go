@@ -486,3 +486,44 @@ func waitReloadsDone(t *testing.T, p *process, admin string, n int64) statusRepo
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A second signal during shutdown_delay does not wait for it: the sessions
+// are closed at once and the process exits 1, as a second signal during
+// the drain does.
+func TestShutdownDelaySecondSignal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	backend := echoBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	cfgPath := writeConfig(t, fmt.Sprintf(`
+shutdown_delay: 1m
+listeners: [{address: %q}]
+admin: {address: %q}
+routes: [{path: /, pool: p}]
+pools:
+  p: {backends: [{address: %q}]}
+`, listen, admin, backend))
+	p := startProcess(t, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitLog(t, p, "serving for shutdown_delay")
+	p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10s after the second signal (shutdown_delay 1m):\n%s", p.stderr.String())
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit %d after a second signal, want 1:\n%s", code, p.stderr.String())
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := c.ReadMessage(); err == nil {
+		t.Fatal("the session is still open after the process exited")
+	}
+}
