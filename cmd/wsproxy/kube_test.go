@@ -527,3 +527,30 @@ pools:
 		t.Fatal("the session is still open after the process exited")
 	}
 }
+
+// check and run refuse a token file that cannot give a token, naming the
+// key: the proxy never starts with its admin endpoints unguarded by
+// mistake.
+func TestTokenFileProblems(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file, want string
+	}{
+		{"missing", filepath.Join(dir, "nope"), "admin.token_file: cannot read " + filepath.Join(dir, "nope") + ": no such file or directory"},
+		{"empty", empty, "admin.token_file: " + empty + " is empty"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := writeConfig(t, fmt.Sprintf(tokenConfigText, "127.0.0.1:0", "127.0.0.1:0", tc.file, "127.0.0.1:1"))
+			for _, cmd := range []string{"check", "run"} {
+				code, _, errOut := runCmd(cmd, "-config", cfg)
+				if code != 1 || !strings.Contains(errOut, tc.want) {
+					t.Errorf("%s: exit %d, want 1 and %q:\n%s", cmd, code, tc.want, errOut)
+				}
+			}
+		})
+	}
+}
