@@ -32,6 +32,16 @@ type Config struct {
 	Routes []Route `yaml:"routes"`
 	// Pools are the backend pools, by name.
 	Pools map[string]*Pool `yaml:"pools"`
+	// WatchConfig reloads the configuration, as SIGHUP does, when the file
+	// or a file it names (certificates, keys, CAs, the admin token)
+	// changes, including through a symlink swapped as Kubernetes updates a
+	// mounted ConfigMap or Secret. Default false.
+	WatchConfig bool `yaml:"watch_config"`
+	// ShutdownDelay is how long the proxy keeps accepting and serving
+	// after SIGTERM, with /readyz already answering 503, before it drains:
+	// load balancers take that long to stop sending new connections.
+	// Default 0.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 }
 
 // Listener is an address the proxy accepts clients on.
@@ -69,6 +79,10 @@ type Admin struct {
 	Address string `yaml:"address"`
 	// Pprof serves /debug/pprof/ on the admin listener. Default false.
 	Pprof bool `yaml:"pprof"`
+	// TokenFile holds the bearer token that the state-changing endpoints
+	// (drain, undrain, reload) require. Empty (default): they answer only
+	// on connections to a loopback address.
+	TokenFile string `yaml:"token_file"`
 }
 
 // Log configures logging.

@@ -538,3 +538,61 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// File paths may name ${CREDENTIALS_DIRECTORY}, where systemd puts the
+// files of LoadCredential=; unset, the path is one clear error at its key.
+func TestCredentialsDirectory(t *testing.T) {
+	const text = `
+listeners:
+  - address: ":8443"
+    tls:
+      certificates: [{cert_file: "${CREDENTIALS_DIRECTORY}/tls.crt", key_file: "${CREDENTIALS_DIRECTORY}/tls.key"}]
+admin: {token_file: "${CREDENTIALS_DIRECTORY}/admin-token"}
+watch_config: true
+shutdown_delay: 5s
+routes: [{path: /, pool: p}]
+pools: {p: {backends: [{address: "127.0.0.1:9001"}]}}
+`
+	dir := t.TempDir()
+	for _, f := range []string{"tls.crt", "tls.key", "admin-token"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	c, err := Parse("/etc/wsproxy/config.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Listeners[0].TLS.Certificates[0].KeyFile; got != filepath.Join(dir, "tls.key") {
+		t.Errorf("key_file %q, want it in %s", got, dir)
+	}
+	if got := c.Admin.TokenFile; got != filepath.Join(dir, "admin-token") {
+		t.Errorf("token_file %q, want it in %s", got, dir)
+	}
+	if !c.WatchConfig || c.ShutdownDelay != 5*time.Second {
+		t.Errorf("watch_config %v, shutdown_delay %v", c.WatchConfig, c.ShutdownDelay)
+	}
+
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	_, err = Parse("/etc/wsproxy/config.yaml", []byte(text))
+	var es Errors
+	if !errors.As(err, &es) || len(es) != 3 {
+		t.Fatalf("want 3 errors (one per path), got %v", err)
+	}
+	for _, e := range es {
+		if !strings.Contains(e.Msg, "CREDENTIALS_DIRECTORY}, which is not set") || e.Line == 0 {
+			t.Errorf("error %v", e)
+		}
+	}
+}
+
+func TestShutdownDefaults(t *testing.T) {
+	c, err := Load(testdata + "good-minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.WatchConfig || c.ShutdownDelay != 0 || c.Admin.TokenFile != "" {
+		t.Fatalf("watch_config %v, shutdown_delay %v, token_file %q: want off", c.WatchConfig, c.ShutdownDelay, c.Admin.TokenFile)
+	}
+}

@@ -175,6 +175,9 @@ type decoder struct {
 	cfg   *Config
 	errs  []FieldError
 	lines map[string]int // key path -> line
+	// unexpanded are the file keys whose ${CREDENTIALS_DIRECTORY} could
+	// not be expanded: reported once, not again as a missing file.
+	unexpanded map[string]bool
 }
 
 func (d *decoder) errors() error {
@@ -605,29 +608,57 @@ func (d *decoder) hashKey(n *yaml.Node, path string) (HashKey, bool) {
 	return HashKey{}, false
 }
 
-// resolvePaths makes the config's file paths absolute, relative to the
-// config file's directory.
+// resolvePaths expands ${CREDENTIALS_DIRECTORY} in the config's file paths
+// and makes them absolute, relative to the config file's directory.
 func (d *decoder) resolvePaths() {
-	abs := func(p *string) {
+	abs := func(key string, p *string) {
+		*p = d.expandCredentials(key, *p)
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(d.dir, *p)
 		}
 	}
 	for i := range d.cfg.Listeners {
 		if t := d.cfg.Listeners[i].TLS; t != nil {
+			key := fmt.Sprintf("listeners[%d].tls", i)
 			for j := range t.Certificates {
-				abs(&t.Certificates[j].CertFile)
-				abs(&t.Certificates[j].KeyFile)
+				ckey := fmt.Sprintf("%s.certificates[%d]", key, j)
+				abs(ckey+".cert_file", &t.Certificates[j].CertFile)
+				abs(ckey+".key_file", &t.Certificates[j].KeyFile)
 			}
-			abs(&t.ClientCAFile)
+			abs(key+".client_ca_file", &t.ClientCAFile)
 		}
 	}
-	for _, p := range d.cfg.Pools {
-		abs(&p.TLS.CAFile)
-		abs(&p.TLS.CertFile)
-		abs(&p.TLS.KeyFile)
+	for name, p := range d.cfg.Pools {
+		abs("pools."+name+".tls.ca_file", &p.TLS.CAFile)
+		abs("pools."+name+".tls.cert_file", &p.TLS.CertFile)
+		abs("pools."+name+".tls.key_file", &p.TLS.KeyFile)
 	}
+	abs("admin.token_file", &d.cfg.Admin.TokenFile)
 	if dir, err := filepath.Abs(d.dir); err == nil {
 		d.dir = dir
 	}
+}
+
+// credentialsVar is the one variable a file path may name: the directory
+// where systemd puts the files of LoadCredential=, readable by the
+// service's own (possibly dynamic) user whoever owns the originals.
+const credentialsVar = "${CREDENTIALS_DIRECTORY}"
+
+// expandCredentials replaces ${CREDENTIALS_DIRECTORY} in a file path with
+// the environment's value; with the variable unset the path is refused
+// rather than read from the root directory.
+func (d *decoder) expandCredentials(key, p string) string {
+	if !strings.Contains(p, credentialsVar) {
+		return p
+	}
+	dir := os.Getenv("CREDENTIALS_DIRECTORY")
+	if dir == "" {
+		d.failAt(key, "%s names ${CREDENTIALS_DIRECTORY}, which is not set: systemd sets it for a service with LoadCredential=", p)
+		if d.unexpanded == nil {
+			d.unexpanded = map[string]bool{}
+		}
+		d.unexpanded[key] = true
+		return p
+	}
+	return strings.ReplaceAll(p, credentialsVar, dir)
 }

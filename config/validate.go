@@ -35,6 +35,9 @@ func (d *decoder) validate() {
 		d.failAt("log.access_log_sample", "%v is not a fraction: want a number from 0 to 1", c.Log.AccessLogSample)
 	}
 	d.validateAdmission()
+	if c.ShutdownDelay > 10*time.Minute {
+		d.failAt("shutdown_delay", "%v is longer than 10m: load balancers stop sending within seconds", c.ShutdownDelay)
+	}
 	d.validateLimits("defaults", c.Defaults)
 	d.validateRoutes()
 	for _, name := range c.PoolNames() {
@@ -130,6 +133,9 @@ func (d *decoder) validateListenerTLS(path string, t *ListenerTLS) {
 // needFile checks that a configured file exists. required reports a
 // missing setting too.
 func (d *decoder) needFile(path, file string, required bool) {
+	if d.unexpanded[path] {
+		return
+	}
 	if file == "" {
 		if required {
 			d.failAt(path, "missing: a file name is needed")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -28,32 +29,28 @@ type adminServer struct {
 	ready    atomic.Bool // the listeners accept and the config is loaded
 	notReady atomic.Bool // shutting down
 	pprof    atomic.Bool // admin.pprof, which a reload may change
+	// token is the SHA-256 of admin.token_file's token; nil without one.
+	token atomic.Pointer[[sha256.Size]byte]
+	// history samples the counters the status page charts.
+	history *history
 }
 
 func newAdminServer(in *instance) *adminServer {
-	a := &adminServer{in: in, reg: prometheus.NewRegistry()}
-	a.reg.MustRegister(
-		in.srv.Collector(),
-		&in.reloads,
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name:        "wsproxy_build_info",
-			Help:        "Always 1; the version is a label.",
-			ConstLabels: prometheus.Labels{"version": versionString()},
-		}, func() float64 { return 1 }),
-	)
+	a := &adminServer{in: in, reg: prometheus.NewRegistry(), history: newHistory(in.srv.Collector())}
+	a.reg.MustRegister(in.collectors()...)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", a.page)
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.HandleFunc("GET /readyz", a.readyz)
 	mux.HandleFunc("GET /status", a.status)
+	mux.HandleFunc("GET /status/history", a.statusHistory)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{
 		ErrorLog:      zap.NewStdLog(in.log.Named("metrics")),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
-	mux.HandleFunc("POST /backends/drain", a.drain)
-	mux.HandleFunc("POST /backends/undrain", a.undrain)
+	mux.HandleFunc("POST /backends/drain", a.guarded(a.drain))
+	mux.HandleFunc("POST /backends/undrain", a.guarded(a.undrain))
+	mux.HandleFunc("POST /reload", a.guarded(a.reload))
 	// pprof is always routed and answers 404 while admin.pprof is off, so
 	// that a reload can turn it on or off.
 	mux.Handle("/debug/pprof/", a.pprofOnly(http.HandlerFunc(pprof.Index)))
@@ -63,6 +60,21 @@ func newAdminServer(in *instance) *adminServer {
 	mux.Handle("/debug/pprof/trace", a.pprofOnly(http.HandlerFunc(pprof.Trace)))
 	a.http = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	return a
+}
+
+// collectors are the metrics /metrics serves.
+func (in *instance) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		in.srv.Collector(),
+		&in.reloads,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "wsproxy_build_info",
+			Help:        "Always 1; the version is a label.",
+			ConstLabels: prometheus.Labels{"version": versionString()},
+		}, func() float64 { return 1 }),
+	}
 }
 
 func (a *adminServer) serve(ln net.Listener) error { return a.http.Serve(ln) }
@@ -184,6 +196,26 @@ func (a *adminServer) undrain(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"address": addr, "draining": false})
 }
 
+// reload re-reads the config file as SIGHUP does and answers with the
+// result: 200 and what waits for a restart, or 422 and every error of the
+// file, each with its line.
+func (a *adminServer) reload(w http.ResponseWriter, r *http.Request) {
+	res, err := a.in.requestReload(r.Context(), "admin")
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return
+	}
+	code := http.StatusOK
+	switch {
+	case res.OK:
+	case a.in.path == "":
+		code = http.StatusConflict
+	default:
+		code = http.StatusUnprocessableEntity
+	}
+	writeJSON(w, code, res)
+}
+
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -193,7 +225,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = enc.Encode(v)
 }
 
-// reloadStats count SIGHUP reloads; they are a prometheus.Collector.
+// reloadStats count reloads (SIGHUP, POST /reload, watch_config); they are a prometheus.Collector.
 type reloadStats struct {
 	ok, failed atomic.Int64
 	lastFailed atomic.Bool
@@ -201,7 +233,7 @@ type reloadStats struct {
 
 var (
 	descReloads = prometheus.NewDesc("wsproxy_reloads_total",
-		"Configuration reloads (SIGHUP) by result.", []string{"result"}, nil)
+		"Configuration reloads (SIGHUP, POST /reload, watch_config) by result.", []string{"result"}, nil)
 	descLastReload = prometheus.NewDesc("wsproxy_config_last_reload_successful",
 		"1 unless the last reload failed (the running configuration is then older than the file).", nil, nil)
 )

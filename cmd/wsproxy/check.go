@@ -19,11 +19,18 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	if errs := tlsProblems(cfg); errs != nil {
+	errs := tlsProblems(cfg)
+	if _, err := readToken(cfg.Admin); err != nil {
+		errs = append(errs, err)
+	}
+	if errs != nil {
 		for _, err := range errs {
 			fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		}
 		return 1
+	}
+	if w := adminWarning(cfg.Admin); w != "" {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", path, w)
 	}
 	out, err := cfg.Marshal()
 	if err != nil {

@@ -70,6 +70,13 @@ type instance struct {
 	// good reload's. Only the signal loop reads and writes it.
 	running *config.Config
 
+	// reloadReqs carries POST /reload to the signal loop, which owns
+	// reloads; changed, the watcher's news that a file changed. stopped
+	// is closed when the loop ends.
+	reloadReqs chan reloadRequest
+	changed    chan struct{}
+	stopped    chan struct{}
+
 	// ready is closed once every listener is up; for tests and the demo.
 	ready     chan struct{}
 	addrs     []net.Addr
@@ -116,6 +123,9 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	if in.ready == nil {
 		in.ready = make(chan struct{})
 	}
+	in.reloadReqs = make(chan reloadRequest)
+	in.changed = make(chan struct{}, 1)
+	in.stopped = make(chan struct{})
 
 	// Certificates are checked before anything listens.
 	in.tls = make([]*tlsconf.Server, len(cfg.Listeners))
@@ -131,6 +141,12 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 			return 1
 		}
 		in.tls[i] = ts
+	}
+
+	token, err := readToken(cfg.Admin)
+	if err != nil {
+		fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
+		return 1
 	}
 
 	// Listen first, so a port in use is a one-line error before anything
@@ -212,6 +228,11 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	if adminLn != nil {
 		in.admin = newAdminServer(in)
 		in.admin.pprof.Store(cfg.Admin.Pprof)
+		in.admin.setToken(token)
+		go in.admin.history.sampleLoop(ctx)
+		if w := adminWarning(cfg.Admin); w != "" {
+			in.log.Warn(w)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -231,29 +252,75 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	watch := in.watchConfig(ctx, cfg, nil)
 	code := 0
+	// delay fires once shutdown_delay has passed after SIGTERM; until then
+	// the loop serves reloads as before, with /readyz at 503.
+	var delay <-chan time.Time
+	hurried := false // a second signal during the delay: no drain
 loop:
 	for {
 		select {
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				in.reload()
+				in.reload("signal")
+				watch = in.watchConfig(ctx, in.running, watch)
 				continue
 			}
+			if delay != nil {
+				in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
+				in.stopNow()
+				code, hurried = 1, true
+				break loop
+			}
 			in.log.Info("shutting down", zap.Stringer("signal", sig))
+			d := in.running.ShutdownDelay
+			if d <= 0 {
+				break loop
+			}
+			if in.admin != nil {
+				in.admin.setNotReady()
+			}
+			in.log.Info("not ready; serving for shutdown_delay before the drain", zap.Duration("shutdown_delay", d))
+			t := time.NewTimer(d)
+			defer t.Stop()
+			delay = t.C
+		case <-delay:
 			break loop
+		case req := <-in.reloadReqs:
+			req.reply <- in.reload(req.source)
+			watch = in.watchConfig(ctx, in.running, watch)
+		case <-in.changed:
+			in.reload("watch")
+			watch = in.watchConfig(ctx, in.running, watch)
 		case err := <-serveErr:
 			in.log.Error("listener failed", zap.Error(err))
 			code = 1
 			break loop
 		}
 	}
-	code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
+	close(in.stopped) // POST /reload answers 503 from now on
+	watch.stop()
+	if !hurried {
+		code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
+	}
 	if in.admin != nil {
 		in.admin.close()
 	}
 	wg.Wait()
 	return code
+}
+
+// stopNow closes every session at once, without the drain, for a second
+// signal during shutdown_delay.
+func (in *instance) stopNow() {
+	if in.admin != nil {
+		in.admin.setNotReady()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = in.srv.Shutdown(ctx)
+	in.log.Info("stopped")
 }
 
 // shutdown drains sessions for up to timeout; a second signal ends at once,
@@ -283,65 +350,6 @@ func (in *instance) shutdown(timeout time.Duration, sigs <-chan os.Signal) int {
 		}
 		return 1
 	}
-}
-
-// reload re-reads the config file. An invalid file changes nothing.
-func (in *instance) reload() {
-	if in.path == "" {
-		in.log.Warn("reload ignored: no config file")
-		return
-	}
-	ok := false
-	defer func() { in.reloads.count(ok) }()
-	cfg, err := config.Load(in.path)
-	if err != nil {
-		in.log.Error("reload failed; keeping the running configuration", zap.Error(err))
-		return
-	}
-	// Listeners are fixed at start; their certificates reload. Every
-	// certificate is checked before anything changes.
-	if len(cfg.Listeners) != len(in.tls) {
-		in.log.Error("reload failed; keeping the running configuration",
-			zap.String("reason", "listeners cannot be added or removed by a reload; restart instead"))
-		return
-	}
-	for i, l := range cfg.Listeners {
-		if (l.TLS == nil) != (in.tls[i] == nil) {
-			in.log.Error("reload failed; keeping the running configuration",
-				zap.String("reason", fmt.Sprintf("listeners[%d]: TLS cannot be turned on or off by a reload; restart instead", i)))
-			return
-		}
-	}
-	if errs := tlsProblems(cfg); errs != nil {
-		in.log.Error("reload failed; keeping the running configuration", zap.Errors("errors", errs))
-		return
-	}
-	if err := in.srv.Update(cfg); err != nil {
-		in.log.Error("reload failed; keeping the running configuration", zap.Error(err))
-		return
-	}
-	for i, l := range cfg.Listeners {
-		if l.TLS != nil {
-			_ = in.tls[i].Reload(serverOptions(l.TLS))
-		}
-	}
-	in.health.Update(in.healthSpecs(cfg))
-	in.level.SetLevel(parseLevel(cfg.Log.Level))
-	if in.admin != nil {
-		in.admin.pprof.Store(cfg.Admin.Pprof)
-	}
-	ok = true
-	var pending []string
-	for _, c := range restartChanges(in.started, cfg) {
-		pending = append(pending, c.String())
-		if !c.warned {
-			in.log.Warn("a reload cannot change this setting; the running value stays until a restart",
-				zap.String("key", c.key), zap.String("running", c.running), zap.String("file", c.file))
-		}
-	}
-	in.restartPending.Store(&pending)
-	in.running = cfg
-	in.log.Info("configuration reloaded", zap.String("file", in.path), zap.Strings("restart_pending", pending))
 }
 
 // healthSpecs turns the config's pools into health check specs. The TLS
