@@ -53,11 +53,18 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	s.stats.HTTPRequests.Add(1)
 	start := time.Now()
 	var backend string
-	defer func() { s.requestEnded(ctx, rt, backend, start) }()
+	h := &ctx.Request.Header
+	cb := clientBody{ctx: ctx, timeout: rt.limits.ReadTimeout, want: int64(h.ContentLength())}
+	defer func() {
+		// An answer of the proxy's own given before the upload was read.
+		if !ctx.Response.IsBodyStream() && !ctx.Hijacked() && unreadBody(ctx, &cb) {
+			s.lingerClose(ctx)
+		}
+		s.requestEnded(ctx, rt, backend, start)
+	}()
 	if s.stopping.Load() {
 		ctx.SetConnectionClose()
 	}
-	h := &ctx.Request.Header
 	peer := clientAddr(ctx)
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
@@ -76,7 +83,6 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 
 	bp := reqPool.Get().(*[]byte)
 	defer reqPool.Put(bp)
-	cb := clientBody{ctx: ctx, timeout: rt.limits.ReadTimeout, want: int64(h.ContentLength())}
 	var stream io.Reader // a body sent as it arrives, once
 	chunked := false
 	bodyLen := 0
@@ -259,6 +265,7 @@ type clientBody struct {
 	timeout time.Duration
 	want    int64 // Content-Length; -1 for chunked
 	n       int64
+	eof     bool // the body was read to its end
 	err     error
 }
 
@@ -274,6 +281,9 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	b.n += int64(n)
 	if err == io.EOF && b.want >= 0 && b.n < b.want {
 		err = io.ErrUnexpectedEOF
+	}
+	if err == io.EOF {
+		b.eof = true
 	}
 	if err != nil && err != io.EOF {
 		b.err = err
