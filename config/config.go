@@ -265,8 +265,12 @@ type Pool struct {
 	// that meets a connection the backend closed anyway is retried once on
 	// a fresh one. Default 4s; 0 turns keep-alive to backends off.
 	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
-	// Backends are the pool's members. At least one.
+	// Backends are the pool's members. At least one, unless Discovery
+	// finds them.
 	Backends []Backend `yaml:"backends"`
+	// Discovery, when set, finds (more of) the pool's backends in DNS;
+	// nil means the list above is all there is.
+	Discovery *Discovery `yaml:"discovery"`
 	// TLS makes the proxy speak wss (and https) to the backends.
 	TLS PoolTLS `yaml:"tls"`
 	// Health configures health checks.
@@ -280,6 +284,32 @@ type Backend struct {
 	// Weight is the backend's share of new sessions. Default 1; 0 drains
 	// it (no new sessions, live ones closed gracefully).
 	Weight int `yaml:"weight"`
+}
+
+// Discovery names a pool's backends by DNS. The lookups run while the
+// proxy runs, not at load: `check` validates without resolving.
+type Discovery struct {
+	// DNS is the name to resolve, like _ws._tcp.chat.default.svc.cluster.local
+	// (SRV) or chat.default.svc.cluster.local (A). Required.
+	DNS string `yaml:"dns"`
+	// Type is srv (default: each record's target and port is a backend,
+	// its weight the backend's weight) or a (A and AAAA records: one
+	// backend per address, all of weight 1, at Port).
+	Type string `yaml:"type"`
+	// Port is the backends' port with type a. Required then; not allowed
+	// with srv, whose records carry their ports.
+	Port int `yaml:"port"`
+	// Resolver is the DNS server's host:port; empty (default) means the
+	// servers, search domains and ndots of /etc/resolv.conf.
+	Resolver string `yaml:"resolver"`
+	// Interval is how often the name is resolved. A shorter TTL in the
+	// answer shortens it, never below 500ms. Default 5s; at least 500ms.
+	Interval time.Duration `yaml:"interval"`
+	// Hold is how long a backend missing from the answers stays before it
+	// is taken out (drained as a reload that removes it would). Failed
+	// lookups never take one out. Default 30s; 0 takes it out at the
+	// first answer without it.
+	Hold time.Duration `yaml:"hold"`
 }
 
 // PoolTLS configures TLS to a pool's backends.
@@ -356,6 +386,11 @@ func defaultBackend() Backend { return Backend{Weight: 1} }
 // defaultPool is a pool before its keys are read.
 func defaultPool() Pool {
 	return Pool{IdleConnTimeout: 4 * time.Second, Health: defaultHealth()}
+}
+
+// defaultDiscovery is a pool's discovery block before its keys are read.
+func defaultDiscovery() Discovery {
+	return Discovery{Type: "srv", Interval: 5 * time.Second, Hold: 30 * time.Second}
 }
 
 // defaultHealth is a pool's health block before its keys are read.

@@ -51,6 +51,7 @@ func TestBadFiles(t *testing.T) {
 		{"bad-route-setting-indent.yaml", 6, "pool", "looks like a route setting: check its indentation"},
 		{"bad-yaml-list-indent.yaml", 12, "", "invalid YAML: did not find expected key"},
 		{"bad-yaml-tab.yaml", 10, "", "invalid YAML: found a tab character"},
+		{"bad-discovery-port.yaml", 9, "pools.chat.discovery.port", "missing: type a needs the backends' port"},
 	}
 	files, _ := filepath.Glob(testdata + "bad-*.yaml")
 	if len(files) != len(cases) {
@@ -343,6 +344,15 @@ func TestRouteOverridesDefaults(t *testing.T) {
 	if h := c.Pools["market"].Health; h.Type != "websocket" || h.Path != "/ws-health" || h.PassiveFailures != 0 || h.Interval != 5*time.Second {
 		t.Errorf("market health = %+v", h)
 	}
+	if c.Pools["chat"].Discovery != nil {
+		t.Errorf("chat discovery = %+v, want none", c.Pools["chat"].Discovery)
+	}
+	if d := c.Pools["feed"].Discovery; d == nil || *d != (Discovery{DNS: "_ws._tcp.feed.default.svc.cluster.local", Type: "srv", Interval: 5 * time.Second, Hold: 10 * time.Second}) {
+		t.Errorf("feed discovery = %+v", d)
+	}
+	if d := c.Pools["scores"].Discovery; d == nil || *d != (Discovery{DNS: "scores.default.svc.cluster.local.", Type: "a", Port: 8080, Resolver: "10.96.0.10:53", Interval: 2 * time.Second}) || len(c.Pools["scores"].Backends) != 1 {
+		t.Errorf("scores discovery = %+v, backends %v", d, c.Pools["scores"].Backends)
+	}
 }
 
 // TestDefaultsBeforeRoutes checks that a route inherits the defaults
@@ -441,6 +451,9 @@ func TestMoreMistakes(t *testing.T) {
 	base := func(extra string) string {
 		return "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n" + extra
 	}
+	disc := func(block string) string {
+		return "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {discovery: " + block + "}}\n"
+	}
 	cases := []struct {
 		name, yaml, want string
 	}{
@@ -461,6 +474,16 @@ func TestMoreMistakes(t *testing.T) {
 		{"negative duration", base("defaults: {idle_timeout: -5s}\n"), "must not be negative"},
 		{"drain rate", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {drain_rate: -1, backends: [{address: \"127.0.0.1:9001\"}]}}\n", "pools.p.drain_rate: must not be negative"},
 		{"bounded load", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {bounded_load: 0.5, backends: [{address: \"127.0.0.1:9001\"}]}}\n", "pools.p.bounded_load: 0.5 is out of range"},
+		{"discovery without a name", disc("{type: srv}"), "t.yaml:3: pools.p.discovery.dns: missing"},
+		{"discovery bad name", disc("{dns: \"chat service\"}"), `t.yaml:3: pools.p.discovery.dns: bad name "chat service"`},
+		{"discovery bad type", disc("{dns: chat.svc, type: aaaa}"), `t.yaml:3: pools.p.discovery.type: unknown type "aaaa": want srv or a`},
+		{"discovery a without port", disc("{dns: chat.svc, type: a}"), "t.yaml:3: pools.p.discovery.port: missing: type a needs the backends' port"},
+		{"discovery a port range", disc("{dns: chat.svc, type: a, port: 70000}"), "t.yaml:3: pools.p.discovery.port: 70000 is out of range"},
+		{"discovery srv with port", disc("{dns: _ws._tcp.chat.svc, port: 8080}"), "t.yaml:3: pools.p.discovery.port: not used with type srv"},
+		{"discovery resolver", disc("{dns: chat.svc, type: a, port: 80, resolver: 10.0.0.10}"), `t.yaml:3: pools.p.discovery.resolver: bad address "10.0.0.10"`},
+		{"discovery interval", disc("{dns: chat.svc, type: a, port: 80, interval: 100ms}"), "t.yaml:3: pools.p.discovery.interval: 100ms is too short: want at least 500ms"},
+		{"discovery unknown key", disc("{dns: chat.svc, type: a, port: 80, ttl: 5s}"), "t.yaml:3: pools.p.discovery.ttl: unknown key"},
+		{"discovery hold", disc("{dns: chat.svc, hold: -1s}"), "t.yaml:3: pools.p.discovery.hold: bad duration"},
 		{"route limit", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p, max_message_bytes: 0}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "t.yaml:2: routes[0].max_message_bytes: must be above 0"},
 	}
 	for _, tc := range cases {

@@ -388,6 +388,8 @@ func (d *decoder) initValue(v reflect.Value) {
 		*p = defaultPool()
 	case *ListenerTLS:
 		*p = defaultListenerTLS()
+	case *Discovery:
+		*p = defaultDiscovery()
 	}
 }
 

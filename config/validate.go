@@ -336,8 +336,11 @@ func (d *decoder) validatePool(path string, p *Pool) {
 	if p.IdleConnTimeout < 0 {
 		d.failAt(path+".idle_conn_timeout", "must not be negative (0 turns keep-alive to backends off)")
 	}
-	if len(p.Backends) == 0 {
-		d.failAt(path+".backends", "the pool has no backends")
+	if len(p.Backends) == 0 && p.Discovery == nil {
+		d.failAt(path+".backends", "the pool has no backends (list some, or find them with discovery)")
+	}
+	if p.Discovery != nil {
+		d.validateDiscovery(path+".discovery", p.Discovery)
 	}
 	seen := map[string]int{}
 	for i, b := range p.Backends {
@@ -406,4 +409,66 @@ func (d *decoder) validatePool(path string, p *Pool) {
 func fileExists(name string) bool {
 	_, err := os.Stat(name)
 	return err == nil
+}
+
+// MinDiscoveryInterval is the shortest time between two lookups of a
+// pool's name, whatever its interval and its records' TTLs say.
+const MinDiscoveryInterval = 500 * time.Millisecond
+
+func (d *decoder) validateDiscovery(path string, x *Discovery) {
+	switch {
+	case x.DNS == "":
+		d.failAt(path+".dns", "missing: the name to resolve, like _ws._tcp.chat.default.svc.cluster.local")
+	case !isDomainName(x.DNS):
+		d.failAt(path+".dns", "bad name %q: want a DNS name, like chat.default.svc.cluster.local", x.DNS)
+	}
+	switch x.Type {
+	case "srv":
+		if x.Port != 0 {
+			d.failAt(path+".port", "not used with type srv, whose records carry their ports: remove it, or use type a")
+		}
+	case "a":
+		if x.Port < 1 || x.Port > 65535 {
+			if _, set := d.lines[path+".port"]; set {
+				d.failAt(path+".port", "%d is out of range: want 1 to 65535", x.Port)
+			} else {
+				d.failAt(path+".port", "missing: type a needs the backends' port, like port: 8080")
+			}
+		}
+	default:
+		d.failAt(path+".type", "unknown type %q: want srv or a (A and AAAA records)", x.Type)
+	}
+	if x.Resolver != "" {
+		if err := checkAddress(x.Resolver, false); err != nil {
+			d.failAt(path+".resolver", "%v (a DNS server is usually at port 53; empty means /etc/resolv.conf)", err)
+		} else if host, _, _ := net.SplitHostPort(x.Resolver); host == "" {
+			d.failAt(path+".resolver", "bad address %q: the DNS server needs a host", x.Resolver)
+		}
+	}
+	if x.Interval < MinDiscoveryInterval {
+		d.failAt(path+".interval", "%v is too short: want at least %v", x.Interval, MinDiscoveryInterval)
+	}
+}
+
+// isDomainName reports whether s is a DNS name: dot-separated labels of 1
+// to 63 bytes, 253 at most in all, a trailing dot allowed. Labels may
+// start with an underscore (SRV names) and hold letters, digits, '-' and
+// '_'.
+func isDomainName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
