@@ -305,10 +305,10 @@ type Discovery struct {
 	// Interval is how often the name is resolved. A shorter TTL in the
 	// answer shortens it, never below 500ms. Default 5s; at least 500ms.
 	Interval time.Duration `yaml:"interval"`
-	// Hold is how long a backend missing from the answers stays before it
-	// is taken out (drained as a reload that removes it would). Failed
-	// lookups never take one out. Default 30s; 0 takes it out at the
-	// first answer without it.
+	// Hold is how long a backend missing from the answers stays, from the
+	// first answer without it, before it is taken out (drained as a
+	// reload that removes it would). Failed lookups never take one out.
+	// Default 30s; 0 takes it out at the first answer without it.
 	Hold time.Duration `yaml:"hold"`
 }
 
