@@ -99,6 +99,7 @@ func (m *Manager) Update(pools map[string]Spec) {
 			floor:   m.cfg.MinInterval,
 			stats:   st,
 			stopped: make(chan struct{}),
+			first:   make(chan struct{}),
 			members: map[string]member{},
 		}
 		if old != nil {
@@ -125,6 +126,24 @@ func (m *Manager) run(ctx context.Context, w *watcher) {
 // Wait waits until every watcher has returned: after the Manager's
 // context is done.
 func (m *Manager) Wait() { m.wg.Wait() }
+
+// WaitFirstLookups waits until every watcher has made its first lookup
+// and published what it found, or until ctx is done.
+func (m *Manager) WaitFirstLookups(ctx context.Context) {
+	m.mu.Lock()
+	var firsts []chan struct{}
+	for _, w := range m.watchers {
+		firsts = append(firsts, w.first)
+	}
+	m.mu.Unlock()
+	for _, c := range firsts {
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
 
 // Backends returns a pool's current set, or nil for a pool not
 // discovered.

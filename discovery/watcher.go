@@ -70,6 +70,7 @@ type watcher struct {
 	stats   *poolStats    // shared by the pool's successive watchers
 	cancel  context.CancelFunc
 	stopped chan struct{}
+	first   chan struct{} // closed once the first lookup is applied
 
 	mu      sync.Mutex
 	members map[string]member // by address
@@ -81,6 +82,12 @@ func (w *watcher) watchLoop(ctx context.Context) {
 	defer close(w.stopped)
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	first := w.first
+	defer func() {
+		if first != nil {
+			close(first)
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -99,6 +106,10 @@ func (w *watcher) watchLoop(ctx context.Context) {
 				wait = ans.ttl
 			}
 			w.answered(ans, time.Now())
+		}
+		if first != nil {
+			close(first)
+			first = nil
 		}
 		timer.Reset(max(wait, w.floor))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/wsproxy/wsproxy/discovery"
 	"github.com/wsproxy/wsproxy/proxy"
 )
 
@@ -66,6 +67,7 @@ func newAdminServer(in *instance) *adminServer {
 func (in *instance) collectors() []prometheus.Collector {
 	return []prometheus.Collector{
 		in.srv.Collector(),
+		in.discovered.mgr,
 		&in.reloads,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -138,6 +140,10 @@ type statusReport struct {
 	// only a restart applies, as "key: running -> file"; empty when the
 	// process runs what its file says.
 	RestartPending []string `json:"restart_pending"`
+	// Discovery describes the pools whose backends come from DNS: the
+	// name, the last answer, its age and the failed lookups. The other
+	// pools' backends are the ones the file lists.
+	Discovery []discovery.PoolStatus `json:"discovery"`
 }
 
 func (a *adminServer) report() statusReport {
@@ -154,6 +160,7 @@ func (a *adminServer) report() statusReport {
 		ReloadsOK:         a.in.reloads.ok.Load(),
 		ReloadsFailed:     a.in.reloads.failed.Load(),
 		RestartPending:    a.in.pendingRestart(),
+		Discovery:         a.in.discovered.mgr.Status(),
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wsproxy/wsproxy/balancer"
 	"github.com/wsproxy/wsproxy/config"
+	"github.com/wsproxy/wsproxy/discovery"
 	"github.com/wsproxy/wsproxy/health"
 	"github.com/wsproxy/wsproxy/proxy"
 )
@@ -43,7 +44,7 @@ pools: {p: {backends: [{address: "127.0.0.1:1"}]}}
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &instance{srv: srv}
+	in := &instance{srv: srv, discovered: &discovered{mgr: discovery.NewManager(ctx, discovery.Config{})}}
 	fqName := regexp.MustCompile(`fqName: "([^"]+)"`)
 	names := map[string]bool{}
 	for _, c := range in.collectors() {

@@ -117,7 +117,7 @@ func (in *instance) reload(source string) reloadResult {
 	if err != nil {
 		return fail(err)
 	}
-	if err := in.srv.Update(cfg); err != nil {
+	if err := in.discovered.apply(cfg); err != nil { // the proxy, then health checks
 		return fail(err)
 	}
 	for i, l := range cfg.Listeners {
@@ -125,7 +125,6 @@ func (in *instance) reload(source string) reloadResult {
 			_ = in.tls[i].Reload(serverOptions(l.TLS))
 		}
 	}
-	in.health.Update(in.healthSpecs(cfg))
 	in.level.SetLevel(parseLevel(cfg.Log.Level))
 	if in.admin != nil {
 		in.admin.pprof.Store(cfg.Admin.Pprof)

@@ -81,6 +81,9 @@ type instance struct {
 	ready     chan struct{}
 	addrs     []net.Addr
 	adminAddr net.Addr
+
+	// discovered applies the backends DNS finds; serve starts it.
+	discovered *discovered
 }
 
 // newLogger builds the zap logger the config asks for. The console format
@@ -213,6 +216,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
 	in.health.Update(in.healthSpecs(cfg))
+	in.startDiscovery(ctx, cfg)
 
 	var wg sync.WaitGroup
 	serveErr := make(chan error, len(listeners)+1)
@@ -301,6 +305,7 @@ loop:
 	}
 	close(in.stopped) // POST /reload answers 503 from now on
 	watch.stop()
+	in.discovered.stop() // no set is applied while sessions drain
 	if !hurried {
 		code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
 	}
