@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
 	"strings"
 
@@ -55,6 +56,35 @@ type pool struct {
 	// weights by backend address; 0 means draining.
 	weights   map[string]int
 	drainRate float64
+	// tlsBase is the pool's client TLS configuration before a backend's
+	// server name is filled in, and tlsFrom what it was built from.
+	tlsBase *tls.Config
+	tlsFrom tlsSource
+}
+
+// tlsSource is what a pool's client TLS configuration is built from: its
+// settings and the size and modification time of each file they name. An
+// Update that changes neither (a backend found in DNS, a reload of other
+// keys) keeps the configurations, and with them the plain HTTP clients'
+// keep-alive connections; a rewritten file builds them anew.
+type tlsSource struct {
+	settings config.PoolTLS
+	files    string
+}
+
+func newTLSSource(t config.PoolTLS) tlsSource {
+	var b strings.Builder
+	for _, f := range []string{t.CAFile, t.CertFile, t.KeyFile} {
+		if f == "" {
+			continue
+		}
+		if st, err := os.Stat(f); err == nil {
+			fmt.Fprintf(&b, "%d/%d;", st.Size(), st.ModTime().UnixNano())
+		} else {
+			b.WriteString("?;")
+		}
+	}
+	return tlsSource{settings: t, files: b.String()}
 }
 
 // buildTable builds the routing table for c, reusing plain HTTP clients of
@@ -78,7 +108,16 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			drainRate: pc.DrainRate,
 		}
 		var base *tls.Config
+		var prev *pool // the old pool, when its TLS configurations are still good
 		if pc.TLS.Enabled {
+			p.tlsFrom = newTLSSource(pc.TLS)
+			if old != nil {
+				if op := old.pools[name]; op != nil && op.tlsBase != nil && op.tlsFrom == p.tlsFrom {
+					prev, base = op, op.tlsBase
+				}
+			}
+		}
+		if pc.TLS.Enabled && base == nil {
 			var err error
 			base, err = tlsconf.NewClient(tlsconf.ClientOptions{
 				ServerName:         pc.TLS.ServerName,
@@ -93,6 +132,9 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			if pc.TLS.InsecureSkipVerify {
 				s.log.Warn("TLS to backends without certificate verification", zap.String("pool", name))
 			}
+		}
+		if base != nil {
+			p.tlsBase = base
 			p.tls = make(map[string]*tls.Config, len(pc.Backends))
 		}
 		members := make([]*balancer.Backend, 0, len(pc.Backends))
@@ -111,13 +153,18 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 				hc = nil
 			}
 			var bt *tls.Config
-			if base != nil {
+			if prev != nil {
+				bt = prev.tls[bc.Address]
+			}
+			if bt == nil && base != nil {
 				bt = base.Clone()
 				if bt.ServerName == "" {
 					bt.ServerName, _, _ = net.SplitHostPort(bc.Address)
 				}
+				hc = nil // new certificates, or a backend new to the pool
+			}
+			if bt != nil {
 				p.tls[bc.Address] = bt
-				hc = nil // a reload may have changed the certificates
 			}
 			if hc == nil {
 				hc = newHTTPClient(bc.Address, pc.IdleConnTimeout)
