@@ -21,7 +21,9 @@ type dnsServer struct {
 	mu      sync.Mutex
 	records map[string][]dns.RR // by lower-case FQDN
 	extra   map[string][]dns.RR // additional section by query name
-	mode    string              // "", "drop", "servfail", "refused"
+	mode    string              // "", "drop", "servfail", "refused", "truncate"
+	tcp     bool                // the server answers over TCP too
+	overTCP atomic.Int64        // queries that came over TCP
 }
 
 // newDNSServer starts a server on 127.0.0.1:0 (or at addr) and stops it
@@ -46,6 +48,15 @@ func newDNSServer(t *testing.T, addr string) *dnsServer {
 		t.Fatal("DNS server did not start")
 	}
 	t.Cleanup(func() { _ = srv.Shutdown() })
+	// The same port over TCP, for answers too long for UDP.
+	if tl, err := net.Listen("tcp", s.addr); err == nil {
+		tstarted := make(chan struct{})
+		tsrv := &dns.Server{Listener: tl, Handler: s, NotifyStartedFunc: func() { close(tstarted) }}
+		go tsrv.ActivateAndServe() //nolint:errcheck
+		<-tstarted
+		t.Cleanup(func() { _ = tsrv.Shutdown() })
+		s.tcp = true
+	}
 	return s
 }
 
@@ -100,6 +111,10 @@ func (s *dnsServer) setMode(mode string) {
 // ServeDNS implements dns.Handler.
 func (s *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	s.queries.Add(1)
+	_, udp := w.RemoteAddr().(*net.UDPAddr)
+	if !udp {
+		s.overTCP.Add(1)
+	}
 	q := r.Question[0]
 	select {
 	case s.asked <- dns.TypeToString[q.Qtype] + " " + q.Name:
@@ -119,6 +134,8 @@ func (s *dnsServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		m.Rcode = dns.RcodeServerFailure
 	case mode == "refused":
 		m.Rcode = dns.RcodeRefused
+	case mode == "truncate" && udp:
+		m.Truncated = true // "too long for UDP": ask again over TCP
 	case !known:
 		m.Rcode = dns.RcodeNameError
 	default:

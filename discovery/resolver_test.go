@@ -165,3 +165,21 @@ func TestSystemResolver(t *testing.T) {
 		t.Fatalf("without a nameserver: %v", err)
 	}
 }
+
+// TestLookupTruncated: an answer truncated over UDP is asked again over
+// TCP, and the TCP answer is the one used.
+func TestLookupTruncated(t *testing.T) {
+	s := newDNSServer(t, "")
+	if !s.tcp {
+		t.Skip("the DNS server's port is taken over TCP")
+	}
+	s.set(t, "chat.svc.", "chat.svc. 5 IN A 10.5.0.1", "chat.svc. 5 IN A 10.5.0.2")
+	s.setMode("truncate")
+	ans, err := lookupOnce(t, resolver{server: s.addr, timeout: time.Second}, Spec{Name: "chat.svc", Type: TypeA, Port: 80})
+	if err != nil || len(ans.backends) != 2 {
+		t.Fatalf("got %v, %v; want 2 backends", ans.backends, err)
+	}
+	if n := s.overTCP.Load(); n != 2 { // A and AAAA
+		t.Errorf("%d queries over TCP, want 2", n)
+	}
+}

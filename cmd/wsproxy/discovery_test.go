@@ -170,10 +170,13 @@ log: {level: %s, access_log: false}
 defaults: {drain_timeout: 2s, drain_close_code: 1012}
 routes:
   - {path: /, pool: p, hash_key: "query:user"}
+  - {path: /none, pool: z}
 pools:
   p:
-    discovery: {dns: _ws._tcp.chat.test, resolver: %q, interval: 500ms, hold: 1s}
+    discovery: {dns: _ws._tcp.chat.test, resolver: %[4]q, interval: 500ms, hold: 1s}
     health: {type: tcp, interval: 200ms, timeout: 200ms, unhealthy_threshold: 1}
+  z:
+    discovery: {dns: nothing.test, type: a, port: 80, resolver: %[4]q}
 `
 
 // TestDiscoveredBackends runs the binary with a pool found by SRV records
@@ -226,8 +229,15 @@ func TestDiscoveredBackends(t *testing.T) {
 	if got := pool(); len(got) != 2 || got["a"] != 10 || got["b"] != 30 {
 		t.Fatalf("pool at start: %v", got)
 	}
+	// A pool whose name has no records has no backend: 503.
+	if code, body := get(t, "http://"+listen+"/none"); code != 503 {
+		t.Errorf("GET /none, a pool DNS found no backend for: %d %s", code, body)
+	}
 	st := statusOf(t, admin)
-	if len(st.Discovery) != 1 || st.Discovery[0].Name != srvName || st.Discovery[0].Backends != 2 || st.Discovery[0].LastSuccess.IsZero() {
+	if len(st.Discovery) != 2 || st.Discovery[1].Pool != "z" || st.Discovery[1].Backends != 0 || st.Discovery[1].LastSuccess.IsZero() {
+		t.Fatalf("/status discovery of z: %+v", st.Discovery)
+	}
+	if len(st.Discovery) != 2 || st.Discovery[0].Name != srvName || st.Discovery[0].Backends != 2 || st.Discovery[0].LastSuccess.IsZero() {
 		t.Fatalf("/status discovery: %+v", st.Discovery)
 	}
 	_, page := get(t, "http://"+admin+"/")
