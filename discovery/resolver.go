@@ -73,11 +73,11 @@ func (r *resolver) lookup(ctx context.Context, spec Spec) (answer, error) {
 		}
 	default:
 		for _, name := range names {
-			bs, any, err := q.srv(name)
+			bs, ok, err := q.srv(name)
 			if err != nil {
 				return answer{}, err
 			}
-			if any {
+			if ok {
 				found = bs
 				break
 			}
