@@ -476,6 +476,7 @@ func TestMoreMistakes(t *testing.T) {
 		{"bounded load", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p}]\npools: {p: {bounded_load: 0.5, backends: [{address: \"127.0.0.1:9001\"}]}}\n", "pools.p.bounded_load: 0.5 is out of range"},
 		{"discovery without a name", disc("{type: srv}"), "t.yaml:3: pools.p.discovery.dns: missing"},
 		{"discovery bad name", disc("{dns: \"chat service\"}"), `t.yaml:3: pools.p.discovery.dns: bad name "chat service"`},
+		{"discovery of an address", disc("{dns: 10.0.0.1, type: a, port: 80}"), `t.yaml:3: pools.p.discovery.dns: "10.0.0.1" is an address, not a name`},
 		{"discovery bad type", disc("{dns: chat.svc, type: aaaa}"), `t.yaml:3: pools.p.discovery.type: unknown type "aaaa": want srv or a`},
 		{"discovery a without port", disc("{dns: chat.svc, type: a}"), "t.yaml:3: pools.p.discovery.port: missing: type a needs the backends' port"},
 		{"discovery a port range", disc("{dns: chat.svc, type: a, port: 70000}"), "t.yaml:3: pools.p.discovery.port: 70000 is out of range"},

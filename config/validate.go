@@ -419,6 +419,8 @@ func (d *decoder) validateDiscovery(path string, x *Discovery) {
 	switch {
 	case x.DNS == "":
 		d.failAt(path+".dns", "missing: the name to resolve, like _ws._tcp.chat.default.svc.cluster.local")
+	case isAddress(x.DNS):
+		d.failAt(path+".dns", "%q is an address, not a name: list it under backends instead", x.DNS)
 	case !isDomainName(x.DNS):
 		d.failAt(path+".dns", "bad name %q: want a DNS name, like chat.default.svc.cluster.local", x.DNS)
 	}
@@ -471,4 +473,13 @@ func isDomainName(s string) bool {
 		}
 	}
 	return true
+}
+
+// isAddress reports whether s is an IP address, or an address and port.
+func isAddress(s string) bool {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return true
+	}
+	_, err := netip.ParseAddrPort(s)
+	return err == nil
 }
