@@ -137,8 +137,12 @@ func (w *watcher) answered(ans answer, now time.Time) {
 	w.mu.Lock()
 	before := w.setLocked()
 	inAnswer := make(map[string]bool, len(ans.backends))
+	var added []string
 	for _, b := range ans.backends {
 		inAnswer[b.Address] = true
+		if _, ok := w.members[b.Address]; !ok {
+			added = append(added, b.Address)
+		}
 		w.members[b.Address] = member{weight: b.Weight}
 	}
 	var gone []string
@@ -166,7 +170,7 @@ func (w *watcher) answered(ans answer, now time.Time) {
 	}
 	slices.Sort(gone)
 	w.log.Info("discovered backends changed", zap.String("pool", w.pool), zap.String("name", w.spec.Name),
-		zap.Int("backends", len(after)), zap.Strings("taken_out", gone))
+		zap.Int("backends", len(after)), zap.Strings("added", added), zap.Strings("taken_out", gone))
 	w.stats.setSize(len(after))
 	w.pub.Publish(Set{Pool: w.pool, Spec: w.spec, Backends: after})
 }
