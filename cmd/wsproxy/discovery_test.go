@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,13 @@ import (
 
 	"github.com/fasthttp/websocket"
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
+
+	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/config"
+	"github.com/wsproxy/wsproxy/discovery"
+	"github.com/wsproxy/wsproxy/health"
+	"github.com/wsproxy/wsproxy/proxy"
 )
 
 // testDNS is an in-process DNS server on loopback that answers the SRV
@@ -436,5 +444,82 @@ func TestDiscoveredBackends(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("still running after SIGTERM")
+	}
+}
+
+// TestDiscoveredSetsAcrossReloads drives the instance's publisher with a
+// real proxy and health manager: a reload that changes a pool's discovery
+// settings keeps its discovered backends until the new settings publish;
+// a set published late under the old settings is ignored; a reload that
+// drops discovery drops the set.
+func TestDiscoveredSetsAcrossReloads(t *testing.T) {
+	parse := func(name string) *config.Config {
+		t.Helper()
+		c, err := config.Parse("t.yaml", []byte(fmt.Sprintf(`
+listeners: [{address: "127.0.0.1:0"}]
+admin: {address: ""}
+routes: [{path: /, pool: p}]
+pools:
+  p:
+    backends: [{address: "127.0.0.1:1"}]
+    discovery: {dns: %s, type: a, port: 80, resolver: "127.0.0.1:1"}
+`, name)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in := &instance{log: zap.NewNop()}
+	in.backends = balancer.NewRegistry()
+	in.health = health.NewManager(ctx, health.Config{Setter: in.backends})
+	defer in.health.Close()
+	oldCfg := parse("old.test")
+	srv, err := proxy.New(proxy.Config{Config: oldCfg, Backends: in.backends, Health: in.health})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown(ctx) //nolint:errcheck
+	in.srv = srv
+	d := &discovered{in: in, cancel: cancel, file: oldCfg, sets: map[string][]discovery.Backend{}}
+	d.mgr = discovery.NewManager(ctx, discovery.Config{Publisher: d})
+	defer d.stop()
+	backends := func() string {
+		var out []string
+		for _, ps := range srv.Status().Pools {
+			for _, b := range ps.Backends {
+				out = append(out, b.Address)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	oldSpec := discovery.Specs(oldCfg)["p"]
+	d.Publish(discovery.Set{Pool: "p", Spec: oldSpec, Backends: []discovery.Backend{{Address: "10.0.0.1:80", Weight: 1}}})
+	if got := backends(); got != "10.0.0.1:80 127.0.0.1:1" {
+		t.Fatalf("after the first set: %s", got)
+	}
+	newCfg := parse("new.test")
+	if err := d.apply(newCfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := backends(); got != "10.0.0.1:80 127.0.0.1:1" {
+		t.Fatalf("after a reload that changed the name: %s, want the set kept", got)
+	}
+	d.Publish(discovery.Set{Pool: "p", Spec: oldSpec, Backends: []discovery.Backend{{Address: "10.0.0.9:80", Weight: 1}}})
+	if got := backends(); got != "10.0.0.1:80 127.0.0.1:1" {
+		t.Fatalf("after a late set of the old name: %s, want it ignored", got)
+	}
+	d.Publish(discovery.Set{Pool: "p", Spec: discovery.Specs(newCfg)["p"], Backends: []discovery.Backend{{Address: "10.0.0.2:80", Weight: 3}}})
+	if got := backends(); got != "10.0.0.2:80 127.0.0.1:1" {
+		t.Fatalf("after the new name's set: %s", got)
+	}
+	plain := parse("new.test")
+	plain.Pools["p"].Discovery = nil
+	if err := d.apply(plain); err != nil {
+		t.Fatal(err)
+	}
+	if got := backends(); got != "127.0.0.1:1" {
+		t.Fatalf("after a reload without discovery: %s", got)
 	}
 }
