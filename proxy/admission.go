@@ -278,3 +278,10 @@ func (l *admissionLimits) jitteredRetry() int {
 	base := l.retryAfter.Seconds()
 	return int(math.Ceil(base * (1 + rand.Float64())))
 }
+
+// epoch anchors monoNow.
+var epoch = time.Now()
+
+// monoNow returns monotonic nanoseconds since process start, the clock of
+// the admission buckets.
+func monoNow() int64 { return int64(time.Since(epoch)) }

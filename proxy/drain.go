@@ -122,7 +122,7 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 		if ss.drainedBy.Load() != d.id {
 			continue
 		}
-		if wait := time.Until(start.Add(at)); wait > 0 && !ss.done.Load() {
+		if wait := time.Until(start.Add(at)); wait > 0 && !ss.Done() {
 			timer.Reset(wait)
 			select {
 			case <-timer.C:
@@ -172,5 +172,5 @@ func (ss *session) drainClose(code int, reason string) {
 	if code == 0 {
 		code = wsframe.CloseGoingAway
 	}
-	ss.closeWith(code, wsframe.CloseGoingAway, reason)
+	ss.Close(code, wsframe.CloseGoingAway, reason)
 }

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+
+	"github.com/wsproxy/wsproxy/internal/relay"
 )
 
 // The opening handshake, RFC 6455 section 4.
@@ -299,7 +301,6 @@ var headPool = sync.Pool{New: func() any {
 var (
 	errHeadTooLarge = errors.New("proxy: backend response head too large")
 	errBadStatus    = errors.New("proxy: malformed backend status line")
-	errNotSocket    = errors.New("proxy: connection has no socket")
 )
 
 // readAnswer reads the backend's answer head. For a 101 it keeps the raw
@@ -385,27 +386,6 @@ func headerValue(head []byte, name string) ([]byte, bool) {
 	return nil, false
 }
 
-// extensionRule derives the RSV check from the negotiated extensions.
-func extensionRule(head []byte) rsvRule {
-	v, ok := headerValue(head, "Sec-WebSocket-Extensions")
-	if !ok || len(bytes.TrimSpace(v)) == 0 {
-		return rsvNone
-	}
-	rule := rsvNone
-	for _, ext := range bytes.Split(v, []byte(",")) {
-		name := ext
-		if i := bytes.IndexByte(name, ';'); i >= 0 {
-			name = name[:i]
-		}
-		if bytes.EqualFold(bytes.TrimSpace(name), []byte("permessage-deflate")) {
-			rule = max(rule, rsvDeflate)
-		} else {
-			return rsvAny
-		}
-	}
-	return rule
-}
-
 // dialError tells a backend that could not be reached from one that failed
 // after accepting the connection.
 type dialError struct{ err error }
@@ -429,7 +409,7 @@ func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, r
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
 	if tlsConfig != nil {
-		sock, err := NewSocket(conn.(*net.TCPConn))
+		sock, err := relay.NewSocket(conn.(*net.TCPConn))
 		if err != nil {
 			conn.Close()
 			return nil, nil, err

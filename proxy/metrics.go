@@ -6,15 +6,20 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wsproxy/wsproxy/internal/relay"
 )
 
 // How the proxy's figures reach Prometheus without costing the relay
 // anything.
 //
 // The relay counts into atomics it owns already: each side of a session
-// counts the messages and bytes it sent (side.msgs, side.bytes, one
-// uncontended add per read), and Stats holds the global counters. Nothing
-// on the relay path touches a Prometheus type or a label.
+// counts the messages and bytes it sent (relay.Session.Counts, one
+// uncontended add per read), and Stats holds the global counters, counted
+// by the relay's hooks for rare events. Nothing on the path of a frame
+// touches a Prometheus type or a label; the one Prometheus type the relay
+// reaches is the ping round-trip histogram, through the Pong hook, once
+// per ping interval of a silent session at most.
 //
 // Per-route and per-backend totals are folded in when a session ends
 // (retire), and a scrape adds the counters of the live sessions to them.
@@ -56,11 +61,12 @@ var closeCodeLabels = func() []string {
 	return append(out, "other")
 }()
 
-// closedByLabels name closedBy values as labels.
-var closedByLabels = [...]string{"none", "client", "backend", "proxy"}
+// parties is how many values relay.Party has, the closed_by label
+// (relay.Party.String).
+const parties = int(relay.PartyProxy) + 1
 
 // directionLabels name a side's traffic by where it goes, indexed by the
-// sideKind that sent it.
+// relay.Side that sent it.
 var directionLabels = [...]string{"client_to_backend", "backend_to_client"}
 
 // statusClassLabels are the HTTP status classes, indexed by status/100-1.
@@ -74,10 +80,11 @@ type flowCounters struct {
 
 // fold adds a session's counters.
 func (f *flowCounters) fold(ss *session) {
-	f.msgs[clientSide].Add(ss.client.msgs.Load())
-	f.msgs[backendSide].Add(ss.backend.msgs.Load())
-	f.bytes[clientSide].Add(ss.client.bytes.Load())
-	f.bytes[backendSide].Add(ss.backend.bytes.Load())
+	for _, k := range [...]relay.Side{relay.Client, relay.Backend} {
+		msgs, bytes := ss.Counts(k)
+		f.msgs[k].Add(msgs)
+		f.bytes[k].Add(bytes)
+	}
 }
 
 // routeMetrics are the totals of one route path. A route's plain HTTP
@@ -90,7 +97,7 @@ type routeMetrics struct {
 	admitted atomic.Int64
 	started  atomic.Int64
 	flowCounters
-	closes [closeOther + 1][len(closedByLabels)]atomic.Int64
+	closes [closeOther + 1][parties]atomic.Int64
 	http   [len(statusClassLabels)]atomic.Int64
 }
 
@@ -224,19 +231,20 @@ func (m *metrics) started(ss *session) {
 	ss.bm.live.Add(1)
 }
 
-// retire unregisters an ending session and folds its counters into the
-// totals, as one step for scrapes.
-func (m *metrics) retire(ss *session) {
+// retire runs leave, which takes an ending session out of the registry,
+// and folds the session's counters into the totals, as one step for
+// scrapes.
+func (m *metrics) retire(ss *session, leave func()) {
 	m.endMu.RLock()
 	defer m.endMu.RUnlock()
-	if ss.unregister != nil {
-		ss.unregister()
+	if leave != nil {
+		leave()
 	}
 	if ss.rm == nil || ss.bm == nil {
 		return // never started
 	}
 	ss.rm.fold(ss)
-	ss.rm.closes[closeBucket(ss.closeCode.Load())][ss.closedBy.Load()].Add(1)
+	ss.rm.closes[closeBucket(int32(ss.CloseCode()))][ss.ClosedBy()].Add(1)
 	ss.rm.live.Add(-1)
 	ss.bm.fold(ss)
 	ss.bm.live.Add(-1)
@@ -345,10 +353,11 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 type flowSnapshot struct{ msgs, bytes [2]int64 }
 
 func (f *flowSnapshot) add(ss *session) {
-	f.msgs[clientSide] += ss.client.msgs.Load()
-	f.msgs[backendSide] += ss.backend.msgs.Load()
-	f.bytes[clientSide] += ss.client.bytes.Load()
-	f.bytes[backendSide] += ss.backend.bytes.Load()
+	for _, k := range [...]relay.Side{relay.Client, relay.Backend} {
+		msgs, bytes := ss.Counts(k)
+		f.msgs[k] += msgs
+		f.bytes[k] += bytes
+	}
 }
 
 func (f *flowSnapshot) load(c *flowCounters) {
@@ -406,7 +415,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		for code := range r.closes {
 			for by := range r.closes[code] {
 				if n := r.closes[code][by].Load(); n > 0 {
-					counter(descCloses, n, r.path, closeCodeLabels[code], closedByLabels[by])
+					counter(descCloses, n, r.path, closeCodeLabels[code], relay.Party(by).String())
 				}
 			}
 		}

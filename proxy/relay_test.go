@@ -323,6 +323,7 @@ func cfgLimit(t *testing.T, p *testProxy, n int64) {
 	for _, r := range tb.routes {
 		rr := *r
 		rr.limits.MaxMessageBytes = n
+		rr.relay.MaxMessageBytes = n
 		nt.routes = append(nt.routes, &rr)
 	}
 	p.srv.table.Store(&nt)

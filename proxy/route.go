@@ -9,11 +9,13 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
 	"github.com/wsproxy/wsproxy/config"
+	"github.com/wsproxy/wsproxy/internal/relay"
 	"github.com/wsproxy/wsproxy/tlsconf"
 )
 
@@ -39,6 +41,7 @@ type route struct {
 	key     balancer.KeySpec
 	origins [][]byte // lower case; empty means any origin
 	limits  Limits
+	relay   relay.Limits // the relay's part of limits
 	metrics *routeMetrics
 	// maxSessions caps the route's tickets (metrics.admitted); 0: none.
 	maxSessions int64
@@ -193,6 +196,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 			pool:    t.pools[rc.Pool],
 			key:     keySpec(rc.HashKey),
 			limits:  rc.Limits,
+			relay:   relayLimits(&rc.Limits, s.closeTimeout),
 			metrics: s.metrics.route(rc.Path),
 
 			maxSessions: int64(rc.MaxSessions),
@@ -270,4 +274,20 @@ func (r *route) originAllowed(origin []byte) bool {
 		}
 	}
 	return false
+}
+
+// relayLimits are the limits a route's sessions relay with.
+func relayLimits(l *Limits, closeTimeout time.Duration) relay.Limits {
+	return relay.Limits{
+		ReadTimeout:               l.ReadTimeout,
+		IdleTimeout:               l.IdleTimeout,
+		WriteTimeout:              l.WriteTimeout,
+		PingInterval:              l.PingInterval,
+		MaxMessageBytes:           l.MaxMessageBytes,
+		MaxMessagesPerSecond:      l.MaxMessagesPerSecond,
+		MessageBurst:              l.MessageBurst,
+		MaxControlFramesPerSecond: l.MaxControlFramesPerSecond,
+		BackendGoneCloseCode:      l.BackendGoneCloseCode,
+		CloseTimeout:              closeTimeout,
+	}
 }

@@ -305,7 +305,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.drain(ctx, d)
 	err := s.sessions.wait(ctx)
 	if err != nil {
-		s.sessions.each(func(ss *session) { ss.finish() })
+		s.sessions.each(func(ss *session) { ss.Finish() })
 	}
 	s.cancel()
 	closeDropped(s.table.Load(), &table{}) // idle backend connections

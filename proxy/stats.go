@@ -89,50 +89,6 @@ func (st *Stats) HandshakeLimited() int64 {
 	return n
 }
 
-func (s *Server) countViolation(k sideKind, reason string) {
-	if k == clientSide {
-		s.stats.ViolationsClient.Add(1)
-	} else {
-		s.stats.ViolationsBackend.Add(1)
-	}
-}
-
-func (s *Server) countTimeout(which string) {
-	switch which {
-	case "read":
-		s.stats.ReadTimeouts.Add(1)
-	case "write":
-		s.stats.WriteTimeouts.Add(1)
-	default:
-		s.stats.IdleTimeouts.Add(1)
-	}
-}
-
-func (s *Server) countPing(k sideKind) {
-	if k == clientSide {
-		s.stats.PingsClient.Add(1)
-	} else {
-		s.stats.PingsBackend.Add(1)
-	}
-}
-
-// observePong counts the answer to a proxy ping and its round trip. It
-// runs once per ping interval of a silent session at most.
-func (s *Server) observePong(ss *session, k sideKind, rtt time.Duration) {
-	if k == clientSide {
-		s.stats.PongsClient.Add(1)
-		if s.metrics.clientRTT != nil {
-			s.metrics.clientRTT.Observe(rtt.Seconds())
-		}
-	} else {
-		s.stats.PongsBackend.Add(1)
-		if ss.bm != nil {
-			ss.bm.rtt.Observe(rtt.Seconds())
-		}
-	}
-	s.stats.LastPongRTT.Store(int64(rtt))
-}
-
 // accessLog reports whether this session or request gets an access-log
 // line: access_log is on and it falls in access_log_sample.
 func (s *Server) accessLog() bool {

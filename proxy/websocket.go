@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"encoding/binary"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -11,11 +13,19 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/internal/relay"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
 var reqPool = sync.Pool{New: func() any {
 	b := make([]byte, 0, 2048)
+	return &b
+}}
+
+// earlyPool holds buffers for the bytes fasthttp read behind a handshake:
+// at most its read buffer, 4 KiB unless configured larger.
+var earlyPool = sync.Pool{New: func() any {
+	b := make([]byte, 4<<10)
 	return &b
 }}
 
@@ -174,13 +184,13 @@ func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, conn net.Conn, a *backen
 func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.Backend, backendConn net.Conn, a *backendAnswer, tk ticket) {
 	s.stats.HandshakeOK.Add(1)
 	peer := ctx.RemoteAddr().String()
-	limits := &rt.limits // tables are never changed once published
+	limits, relayLimits := &rt.limits, &rt.relay // tables are never changed once published
 	routePath, exact, poolName := rt.path, rt.exact, rt.pool.name
 	rm, bm := rt.metrics, s.metrics.backend(b.Addr)
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		s.hijacked(c, hijackInfo{
-			route: routePath, exact: exact, pool: poolName, limits: limits, upstream: b,
+			route: routePath, exact: exact, pool: poolName, limits: limits, relayLimits: relayLimits, upstream: b,
 			rm: rm, bm: bm,
 			backend: backendConn, answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
 			ticket: tk,
@@ -195,6 +205,7 @@ type hijackInfo struct {
 	exact            bool
 	pool             string
 	limits           *Limits
+	relayLimits      *relay.Limits
 	upstream         *balancer.Backend
 	rm               *routeMetrics
 	bm               *backendMetrics
@@ -216,8 +227,10 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	fail := func(err error) {
 		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
 		_ = c.Close()
-		// The backend accepted the upgrade: close it as a client would.
+		// The backend accepted the upgrade: close it as a client would,
+		// masked with a fresh key (RFC 6455 section 5.3).
 		var mask [4]byte
+		binary.LittleEndian.PutUint32(mask[:], rand.Uint32())
 		_, _ = hi.backend.Write(wsframe.AppendClose(nil, &mask, wsframe.CloseGoingAway, "client went away"))
 		_ = hi.backend.Close()
 		s.admission.release(&hi.ticket)
@@ -237,37 +250,34 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	if rc, ok := c.(rawConner); ok {
 		raw = rc.UnsafeConn()
 	}
-	ss, err := newSession(s, raw, hi.backend)
+	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
+		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
+	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
+	err = ss.Init(raw, hi.backend, &relay.Options{
+		Limits:       hi.relayLimits,
+		ClientEarly:  early,
+		BackendEarly: hi.answer.early,
+		Extensions:   relay.ExtensionRule(ext),
+		Hooks:        ss,
+	})
 	if err != nil {
 		fail(err)
 		return
 	}
-	ss.route = hi.route
-	ss.exact = hi.exact
-	ss.pool = hi.pool
-	ss.limits = hi.limits
-	ss.client.limitRate(hi.limits.MaxMessagesPerSecond, hi.limits.MessageBurst)
-	ss.upstream = hi.upstream
-	ss.rm, ss.bm = hi.rm, hi.bm
-	ss.peer = hi.peer
-	ss.rsv = extensionRule(hi.answer.head)
 	if v, ok := headerValue(hi.answer.head, "Sec-WebSocket-Protocol"); ok {
 		ss.proto = string(v)
 	}
-	ss.closeTimeout = s.closeTimeout
 	ss.ticket = hi.ticket
-	ss.client.early = early
-	ss.backend.early = hi.answer.early
 	hi.upstream.Acquire()
 	ss.unregister = s.sessions.add(ss)
 	s.metrics.started(ss)
 	s.stats.SessionsStarted.Add(1)
 	if s.stopping.Load() {
-		ss.closeWith(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
+		ss.Close(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
 	}
-	if err := ss.run(s.pollers.Pick()); err != nil {
+	if err := ss.Start(s.pollers.Pick()); err != nil {
 		s.log.Error("session could not start", zap.Error(err))
-		ss.finish()
+		ss.Finish()
 		return
 	}
 	s.drainIfRemoved(ss)
@@ -284,8 +294,8 @@ func drainBuffered(c net.Conn) ([]byte, error) {
 		return nil, err
 	}
 	var early []byte
-	bp := bufPool.Get().(*[]byte) // a stack array would escape through Read
-	defer bufPool.Put(bp)
+	bp := earlyPool.Get().(*[]byte) // a stack array would escape through Read
+	defer earlyPool.Put(bp)
 	buf := *bp
 	for {
 		n, err := c.Read(buf)
@@ -300,28 +310,4 @@ func drainBuffered(c net.Conn) ([]byte, error) {
 		}
 	}
 	return early, c.SetReadDeadline(time.Time{})
-}
-
-// sessionEnded is called once when a session finishes.
-func (s *Server) sessionEnded(ss *session) {
-	ss.upstream.Release()
-	s.admission.release(&ss.ticket)
-	s.stats.SessionsEnded.Add(1)
-	if !s.accessLog() {
-		return
-	}
-	by := closedByNames[ss.closedBy.Load()]
-	s.log.Info("session",
-		zap.String("route", ss.route),
-		zap.String("backend", ss.upstream.Addr),
-		zap.String("client", ss.peer),
-		zap.String("subprotocol", ss.proto),
-		zap.Duration("duration", time.Since(ss.start)),
-		zap.Int64("client_messages", ss.client.msgs.Load()),
-		zap.Int64("client_bytes", ss.client.bytes.Load()),
-		zap.Int64("backend_messages", ss.backend.msgs.Load()),
-		zap.Int64("backend_bytes", ss.backend.bytes.Load()),
-		zap.Int32("close_code", ss.closeCode.Load()),
-		zap.String("closed_by", by),
-	)
 }

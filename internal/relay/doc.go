@@ -1,0 +1,60 @@
+// Package relay moves WebSocket frames between the two connections of a
+// session whose opening handshake is done: a client the proxy accepted
+// and the backend it dialed, each a TCP socket or TLS over a Socket. It
+// knows nothing of HTTP, routes or configuration: it takes two sockets,
+// Options (limits, close timeout, bytes read behind the handshakes, the
+// negotiated RSV rule) and Hooks for rare events.
+//
+// # The pump model
+//
+// Each side has a pump: it reads what that side sent, without blocking,
+// parses frame headers (RFC 6455 section 5.2) and writes the bytes on to
+// the peer untouched, in runs as long as the read. Payloads are neither
+// unmasked nor copied; only control frames are looked into. The pump of a
+// side is the only writer of its peer's stream, so the relay's own
+// control frames for a side (pings, closes) are queued on that side and
+// written by its peer's pump at the next frame boundary of the stream.
+//
+// A pump runs only while there is something to do: when its socket has no
+// more data it returns its buffer to the pool and stops, and the poller
+// starts it again when data arrives. An idle session thus holds no
+// goroutine and no buffer. A pump the poller starts runs on the poller's
+// loop goroutine, as in an event loop, for a bounded number of reads; a
+// write that would block detaches the loop first (another goroutine takes
+// the poller over), so one slow peer never holds up the other sessions of
+// its poller, and a pump with more to read moves to a goroutine of its
+// own. A side that accepts nothing holds back the pump that feeds it, up
+// to Limits.WriteTimeout: that is the relay's back-pressure.
+//
+// A pump is idle, running, or running and asked to look again (wake is
+// the one transition from outside; only the pump itself goes back to
+// idle). A side's place in the closing handshake is one set of flags
+// (closeState) that only grows: Close queued, Close written, Close read,
+// gone, stalled. The session is finished once each side is gone or has
+// had Closes both ways, or when the close timeout expires.
+//
+// # Who owns what
+//
+// Fields of a side x, and of the Session:
+//
+//	field                          written by                     read by
+//	x.early, tail, remaining,      x's pump                       x's pump
+//	  msgBytes, msgOpen, drop,
+//	  eof, lim, loop, raw.rbuf
+//	x.raw.wbuf, werr, midFrame     x.peer's pump (x's writer)     x.peer's pump; midFrame also x's pump
+//	x.ctrl (under ctrl.mu)         timer, any pump (queue);       x.peer's pump
+//	                               x.peer's pump (take)
+//	x.close                        any (flags only ever set)      any
+//	x.state                        wake (anyone), x's pump        anyone
+//	x.lastRead, msgs, bytes        x's pump                       timer, Counts
+//	x.lastPing, pingSeq            timer                          x's pump (pong check)
+//	x.reg                          Start, finish (under regMu)    finish
+//	s.ctrlTAT, ctrlPonged          the client's pump              the client's pump
+//	s.lastData                     both pumps                     timer
+//	s.closing, closeDeadline       beginClosing (CAS once)        timer
+//	s.closedBy, closeCode          noteFirst (CAS once); finish   CloseCode, ClosedBy
+//	s.done                         finish (CAS once)              everyone
+//
+// Hooks run on whichever goroutine met the event: a pump or the timer.
+// Nothing on a frame's path allocates, takes a lock or calls a hook.
+package relay

@@ -1,0 +1,291 @@
+package relay
+
+import (
+	"bufio"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/poller"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(tb testing.TB) (dialed, accepted *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	a := <-acc
+	if a == nil {
+		tb.Fatal("accept failed")
+	}
+	return d.(*net.TCPConn), a.(*net.TCPConn)
+}
+
+// event is a hook call, as text: "violation client: reason",
+// "timeout read", "ping backend", "pong client", "limited message",
+// "ended".
+type recorder struct {
+	mu     sync.Mutex
+	events []string
+	ended  chan struct{}
+	rtts   []time.Duration
+}
+
+func newRecorder() *recorder { return &recorder{ended: make(chan struct{})} }
+
+func (r *recorder) add(format string, args ...any) {
+	r.mu.Lock()
+	r.events = append(r.events, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+}
+
+func (r *recorder) Violation(from Side, reason string) { r.add("violation %s: %s", from, reason) }
+func (r *recorder) RateLimited(l Limit, rate, burst float64) {
+	r.add("limited %d %g %g", l, rate, burst)
+}
+func (r *recorder) Timeout(t Timeout) { r.add("timeout %d", t) }
+func (r *recorder) PingSent(to Side)  { r.add("ping %s", to) }
+func (r *recorder) Pong(from Side, rtt time.Duration) {
+	r.mu.Lock()
+	r.rtts = append(r.rtts, rtt)
+	r.mu.Unlock()
+	r.add("pong %s", from)
+}
+func (r *recorder) Ended() { r.add("ended"); close(r.ended) }
+
+// has reports whether an event was recorded.
+func (r *recorder) has(e string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, x := range r.events {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *recorder) list() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.events...)
+}
+
+// rig is a session between two loopback pairs: the test plays the client
+// on client and the backend on backend; the relay sits between.
+type rig struct {
+	t       testing.TB
+	s       *Session
+	hooks   *recorder
+	client  *peer
+	backend *peer
+}
+
+// peer is the test's end of one side.
+type peer struct {
+	t    testing.TB
+	conn *net.TCPConn
+	br   *bufio.Reader
+	mask bool // frames from here are masked (the client's)
+}
+
+// rigOpts tune a rig.
+type rigOpts struct {
+	early, backendEarly []byte
+	rsv                 RSVRule
+}
+
+// newRig starts a session relaying with limits. The goroutine-leak check
+// runs when the test ends: after the session has finished, the relay must
+// hold no goroutine.
+func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
+	tb.Helper()
+	checkGoroutines(tb)
+	p, err := poller.New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	client, proxyClient := tcpPair(tb)
+	proxyBackend, backend := tcpPair(tb)
+	r := &rig{t: tb, s: new(Session), hooks: newRecorder(),
+		client:  &peer{t: tb, conn: client, br: bufio.NewReader(client), mask: true},
+		backend: &peer{t: tb, conn: backend, br: bufio.NewReader(backend)},
+	}
+	if limits.CloseTimeout == 0 {
+		limits.CloseTimeout = 2 * time.Second
+	}
+	err = r.s.Init(proxyClient, proxyBackend, &Options{Limits: limits,
+		ClientEarly: o.early, BackendEarly: o.backendEarly, Extensions: o.rsv, Hooks: r.hooks})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := r.s.Start(p); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		r.s.Finish()
+		<-r.hooks.ended
+		client.Close()
+		backend.Close()
+		p.Close()
+	})
+	return r
+}
+
+// waitEnded waits for the Ended hook.
+func (r *rig) waitEnded() {
+	r.t.Helper()
+	select {
+	case <-r.hooks.ended:
+	case <-time.After(10 * time.Second):
+		r.t.Fatalf("session did not end; events %v", r.hooks.list())
+	}
+}
+
+// frame builds a frame as p sends it.
+func (p *peer) frame(fin bool, op byte, payload []byte) []byte {
+	if !p.mask {
+		return append(wsframe.AppendHeader(nil, fin, op, nil, len(payload)), payload...)
+	}
+	var mask [4]byte
+	_, _ = rand.Read(mask[:])
+	f := wsframe.AppendHeader(nil, fin, op, &mask, len(payload))
+	start := len(f)
+	f = append(f, payload...)
+	wsframe.MaskBytes(mask, 0, f[start:])
+	return f
+}
+
+func (p *peer) closeFrame(code int, reason string) []byte {
+	var payload []byte
+	payload = append(payload, byte(code>>8), byte(code))
+	return p.frame(true, wsframe.OpClose, append(payload, reason...))
+}
+
+func (p *peer) send(b ...[]byte) {
+	p.t.Helper()
+	for _, f := range b {
+		if _, err := p.conn.Write(f); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+type frame struct {
+	fin     bool
+	op      byte
+	masked  bool
+	payload []byte
+}
+
+// next reads one frame, unmasking it.
+func (p *peer) next() (frame, error) {
+	_ = p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [wsframe.MaxHeaderLen]byte
+	if _, err := io.ReadFull(p.br, hdr[:2]); err != nil {
+		return frame{}, err
+	}
+	n := 2
+	for {
+		h, hl, err := wsframe.Parse(hdr[:n])
+		if err != nil {
+			return frame{}, err
+		}
+		if hl > 0 {
+			b := make([]byte, h.Length)
+			if _, err := io.ReadFull(p.br, b); err != nil {
+				return frame{}, err
+			}
+			if h.Masked {
+				wsframe.MaskBytes(h.Mask, 0, b)
+			}
+			return frame{fin: h.Fin, op: h.Opcode, masked: h.Masked, payload: b}, nil
+		}
+		if _, err := io.ReadFull(p.br, hdr[n:n+1]); err != nil {
+			return frame{}, err
+		}
+		n++
+	}
+}
+
+// expect reads the next frame and checks it.
+func (p *peer) expect(op byte, payload string) frame {
+	p.t.Helper()
+	f, err := p.next()
+	if err != nil {
+		p.t.Fatalf("waiting for opcode %d %q: %v", op, payload, err)
+	}
+	if f.op != op || string(f.payload) != payload {
+		p.t.Fatalf("got opcode %d %q, want %d %q", f.op, f.payload, op, payload)
+	}
+	if f.masked != !p.mask {
+		p.t.Fatalf("frame to this side masked=%v", f.masked)
+	}
+	return f
+}
+
+// expectClose reads frames until a Close and returns its code and reason.
+func (p *peer) expectClose() (int, string) {
+	p.t.Helper()
+	for {
+		f, err := p.next()
+		if err != nil {
+			p.t.Fatalf("waiting for Close: %v", err)
+		}
+		if f.op == wsframe.OpClose {
+			if f.masked != !p.mask {
+				p.t.Fatalf("Close to this side masked=%v", f.masked)
+			}
+			code, reason, _ := wsframe.ParseClose(f.payload)
+			return code, string(reason)
+		}
+	}
+}
+
+// expectEOF reads until the connection ends: EOF or a reset.
+func (p *peer) expectEOF() {
+	p.t.Helper()
+	_ = p.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.Copy(io.Discard, p.br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		p.t.Fatal("connection still open")
+	}
+}
+
+// checkGoroutines fails the test if goroutines started during it remain
+// once it has cleaned up. Tests that use it do not run in parallel.
+func checkGoroutines(tb testing.TB) {
+	tb.Helper()
+	before := runtime.NumGoroutine()
+	tb.Cleanup(func() {
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before {
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				n := runtime.Stack(buf, true)
+				tb.Fatalf("goroutine leak: %d before, %d after\n%s", before, runtime.NumGoroutine(), buf[:n])
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+}
