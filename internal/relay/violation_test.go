@@ -203,4 +203,3 @@ func TestRelayFinishMidFrame(t *testing.T) {
 		t.Fatalf("close code %d, want 1006", r.s.CloseCode())
 	}
 }
-
