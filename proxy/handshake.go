@@ -408,6 +408,11 @@ func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, r
 	}
 	deadline, _ := ctx.Deadline()
 	_ = conn.SetDeadline(deadline)
+	// A context done early (the server stopping) cuts the exchange short
+	// too: reads and writes follow deadlines, not contexts.
+	raw := conn
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
 	if tlsConfig != nil {
 		sock, err := relay.NewSocket(conn.(*net.TCPConn))
 		if err != nil {
@@ -426,6 +431,9 @@ func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, r
 		return nil, nil, err
 	}
 	a, err := readAnswer(conn)
+	if !stop() && err == nil {
+		err = ctx.Err() // the deadline is cut already
+	}
 	if err != nil {
 		conn.Close()
 		return nil, nil, err

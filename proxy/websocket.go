@@ -33,26 +33,10 @@ var earlyPool = sync.Pool{New: func() any {
 // backend's handshake, and either relays the backend's refusal or hijacks
 // the connection and starts a session.
 func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
+	if !s.acceptUpgrade(ctx, rt) {
+		return
+	}
 	h := &ctx.Request.Header
-	if e := checkUpgrade(h); e != nil {
-		s.stats.HandshakeBadRequest.Add(1)
-		ctx.Error(e.reason, e.status)
-		if e.status == fasthttp.StatusUpgradeRequired {
-			ctx.Response.Header.Set("Sec-WebSocket-Version", websocketVersion)
-		}
-		return
-	}
-	if !rt.originAllowed(h.Peek("Origin")) {
-		s.stats.HandshakeOriginRefused.Add(1)
-		ctx.Error("websocket: origin not allowed", fasthttp.StatusForbidden)
-		return
-	}
-	if s.stopping.Load() {
-		s.stats.HandshakeShuttingDown.Add(1)
-		refuse(ctx, fasthttp.StatusServiceUnavailable, "proxy is shutting down", 5)
-		return
-	}
-
 	peer := clientAddr(ctx)
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
@@ -68,7 +52,6 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	// The ticket goes to the session; until then it is given back on
 	// every way out.
 	defer s.admission.release(&tk)
-	key := rt.key.Hash(&ctx.Request, clientIP)
 	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
 	if ctx.IsTLS() {
 		f.proto = "https"
@@ -79,8 +62,41 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 		*bp = request[:0]
 		reqPool.Put(bp)
 	}()
+	s.upgrade(ctx, rt, rt.key.Hash(&ctx.Request, clientIP), request, &tk)
+}
 
-	hsCtx, cancel := context.WithTimeout(context.Background(), rt.limits.HandshakeTimeout)
+// acceptUpgrade refuses an upgrade request that is malformed, from an
+// origin the route does not allow, or arrives while the proxy shuts down.
+func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
+	h := &ctx.Request.Header
+	if e := checkUpgrade(h); e != nil {
+		s.stats.HandshakeBadRequest.Add(1)
+		ctx.Error(e.reason, e.status)
+		if e.status == fasthttp.StatusUpgradeRequired {
+			ctx.Response.Header.Set("Sec-WebSocket-Version", websocketVersion)
+		}
+		return false
+	}
+	if !rt.originAllowed(h.Peek("Origin")) {
+		s.stats.HandshakeOriginRefused.Add(1)
+		ctx.Error("websocket: origin not allowed", fasthttp.StatusForbidden)
+		return false
+	}
+	if s.stopping.Load() {
+		s.stats.HandshakeShuttingDown.Add(1)
+		refuse(ctx, fasthttp.StatusServiceUnavailable, "proxy is shutting down", 5)
+		return false
+	}
+	return true
+}
+
+// upgrade sends the upgrade request to the backends the hash picks, the
+// next one only when nothing reached the last, and relays the first
+// answer: a refusal as it is, a 101 as a session, which takes the ticket.
+// The handshakes end with the server's lifetime or the route's
+// handshake_timeout.
+func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, request []byte, tk *ticket) {
+	hsCtx, cancel := context.WithTimeout(s.ctx, rt.limits.HandshakeTimeout)
 	defer cancel()
 	var tried []*balancer.Backend
 	var last verdict
@@ -111,8 +127,8 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 			s.relayRefusal(ctx, conn, answer)
 			return
 		}
-		s.startSession(ctx, rt, b, conn, answer, tk)
-		tk = ticket{} // the session holds it now
+		s.startSession(ctx, rt, b, conn, answer, *tk)
+		*tk = ticket{} // the session holds it now
 		return
 	}
 	switch {
@@ -227,12 +243,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	fail := func(err error) {
 		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
 		_ = c.Close()
-		// The backend accepted the upgrade: close it as a client would,
-		// masked with a fresh key (RFC 6455 section 5.3).
-		var mask [4]byte
-		binary.LittleEndian.PutUint32(mask[:], rand.Uint32())
-		_, _ = hi.backend.Write(wsframe.AppendClose(nil, &mask, wsframe.CloseGoingAway, "client went away"))
-		_ = hi.backend.Close()
+		abandonBackend(hi.backend)
 		s.admission.release(&hi.ticket)
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(hi.handshakeTimeout))
@@ -281,6 +292,16 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		return
 	}
 	s.drainIfRemoved(ss)
+}
+
+// abandonBackend closes a backend connection that accepted an upgrade
+// whose session could not start: with a Close as a client sends it,
+// masked with a fresh key (RFC 6455 section 5.3).
+func abandonBackend(conn net.Conn) {
+	var mask [4]byte
+	binary.LittleEndian.PutUint32(mask[:], rand.Uint32()|1)
+	_, _ = conn.Write(wsframe.AppendClose(nil, &mask, wsframe.CloseGoingAway, "client went away"))
+	_ = conn.Close()
 }
 
 // drainBuffered returns the bytes fasthttp read past the handshake: a read
