@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 
@@ -135,6 +136,86 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 		}
 		s.drainOne(&d, ss)
 	}
+}
+
+// drainPlans are the plans of one drain decision, one per pool, so that
+// each keeps to its pool's drain rate.
+type drainPlans map[string]*drainPlan
+
+// add puts ss in the plan of its pool, paced by that pool's drain rate in
+// t (the table the decision was made against).
+func (p drainPlans) add(ss *session, t *table, reason string) {
+	d := p[ss.pool]
+	if d == nil {
+		d = &drainPlan{window: ss.limits.DrainTimeout, code: ss.limits.DrainCloseCode, reason: reason}
+		if pl := t.pools[ss.pool]; pl != nil {
+			d.rate = pl.drainRate
+		}
+		p[ss.pool] = d
+	}
+	d.sessions = append(d.sessions, ss)
+}
+
+// startDrains claims the sessions of each plan and runs the plans in the
+// background. It returns how many sessions they drain. The caller holds
+// s.drainMu.
+func (s *Server) startDrains(plans drainPlans) int {
+	n := 0
+	for _, d := range plans {
+		s.claim(d, false)
+		n += len(d.sessions)
+		s.drains.Add(1)
+		go s.drainInBackground(*d)
+	}
+	return n
+}
+
+// ErrUnknownBackend is returned for an address no pool lists.
+var ErrUnknownBackend = errors.New("no pool lists this backend")
+
+// DrainBackend takes the backend at addr out of every pool that lists it
+// without a config change: it gets no new sessions, and its live sessions
+// are drained as on scale-down (spread over their drain timeout, at most
+// their pool's drain rate). The mark survives reloads until
+// UndrainBackend. It returns the number of sessions being drained.
+func (s *Server) DrainBackend(addr string) (int, error) {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	t := s.table.Load()
+	if !t.lists(addr) {
+		return 0, ErrUnknownBackend
+	}
+	s.backends.Get(addr).SetDraining(true)
+	plans := drainPlans{}
+	s.sessions.each(func(ss *session) {
+		if ss.upstream.Addr == addr && ss.drainedBy.Load() == 0 {
+			plans.add(ss, t, "backend drained")
+		}
+	})
+	return s.startDrains(plans), nil
+}
+
+// UndrainBackend lets the backend at addr take new sessions again. Its
+// sessions still waiting for their drain close stay open (unless a reload
+// drains them too); those already closed stay closed.
+func (s *Server) UndrainBackend(addr string) error {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	t := s.table.Load()
+	if !t.lists(addr) {
+		return ErrUnknownBackend
+	}
+	s.backends.Get(addr).SetDraining(false)
+	reprieved := 0
+	s.sessions.each(func(ss *session) {
+		if ss.upstream.Addr == addr && !s.stopping.Load() && t.keeps(ss) && s.reprieve(ss) {
+			reprieved++
+		}
+	})
+	if reprieved > 0 {
+		s.log.Info("drain called off: backend undrained", zap.String("backend", addr), zap.Int("sessions", reprieved))
+	}
+	return nil
 }
 
 // drainIfRemoved drains a session that has just registered if a reload

@@ -191,6 +191,8 @@ func TestAdminDrainBackend(t *testing.T) {
 			on0 = append(on0, c)
 		}
 	}
+	// A client has its 101 a moment before its session registers.
+	p.waitSessions(t, len(on0)+len(on1))
 	if _, err := p.srv.DrainBackend("127.0.0.1:1"); err != ErrUnknownBackend {
 		t.Fatalf("unknown backend: %v", err)
 	}

@@ -216,7 +216,7 @@ func (s *Server) Update(c *config.Config) error {
 	s.metrics.retain(t)
 	s.drainMu.Lock()
 	defer s.drainMu.Unlock()
-	plans := map[string]*drainPlan{}
+	plans := drainPlans{}
 	reprieved := 0
 	s.sessions.each(func(ss *session) {
 		if t.keeps(ss) {
@@ -225,27 +225,14 @@ func (s *Server) Update(c *config.Config) error {
 			}
 			return
 		}
-		if ss.drainedBy.Load() != 0 {
-			return
+		if ss.drainedBy.Load() == 0 {
+			plans.add(ss, old, "backend removed")
 		}
-		d := plans[ss.pool]
-		if d == nil {
-			d = &drainPlan{window: ss.limits.DrainTimeout, code: ss.limits.DrainCloseCode, reason: "backend removed"}
-			if op := old.pools[ss.pool]; op != nil {
-				d.rate = op.drainRate
-			}
-			plans[ss.pool] = d
-		}
-		d.sessions = append(d.sessions, ss)
 	})
 	if reprieved > 0 {
 		s.log.Info("drain called off: backend back in its pool", zap.Int("sessions", reprieved))
 	}
-	for _, d := range plans {
-		s.claim(d, false)
-		s.drains.Add(1)
-		go s.drainInBackground(*d)
-	}
+	s.startDrains(plans)
 	return nil
 }
 

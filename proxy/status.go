@@ -1,11 +1,6 @@
 package proxy
 
-import (
-	"errors"
-	"sort"
-
-	"go.uber.org/zap"
-)
+import "sort"
 
 // Status is a snapshot of the routing table and its backends, for the
 // admin listener.
@@ -67,70 +62,6 @@ func (s *Server) Status() Status {
 	}
 	sort.Slice(st.Pools, func(i, j int) bool { return st.Pools[i].Name < st.Pools[j].Name })
 	return st
-}
-
-// ErrUnknownBackend is returned for an address no pool lists.
-var ErrUnknownBackend = errors.New("no pool lists this backend")
-
-// DrainBackend takes the backend at addr out of every pool that lists it
-// without a config change: it gets no new sessions, and its live sessions
-// are drained as on scale-down (spread over their drain timeout, at most
-// their pool's drain rate). The mark survives reloads until
-// UndrainBackend. It returns the number of sessions being drained.
-func (s *Server) DrainBackend(addr string) (int, error) {
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
-	t := s.table.Load()
-	if !t.lists(addr) {
-		return 0, ErrUnknownBackend
-	}
-	s.backends.Get(addr).SetDraining(true)
-	plans := map[string]*drainPlan{}
-	s.sessions.each(func(ss *session) {
-		if ss.upstream.Addr != addr || ss.drainedBy.Load() != 0 {
-			return
-		}
-		d := plans[ss.pool]
-		if d == nil {
-			d = &drainPlan{window: ss.limits.DrainTimeout, code: ss.limits.DrainCloseCode, reason: "backend drained"}
-			if p := t.pools[ss.pool]; p != nil {
-				d.rate = p.drainRate
-			}
-			plans[ss.pool] = d
-		}
-		d.sessions = append(d.sessions, ss)
-	})
-	n := 0
-	for _, d := range plans {
-		s.claim(d, false)
-		n += len(d.sessions)
-		s.drains.Add(1)
-		go s.drainInBackground(*d)
-	}
-	return n, nil
-}
-
-// UndrainBackend lets the backend at addr take new sessions again. Its
-// sessions still waiting for their drain close stay open (unless a reload
-// drains them too); those already closed stay closed.
-func (s *Server) UndrainBackend(addr string) error {
-	s.drainMu.Lock()
-	defer s.drainMu.Unlock()
-	t := s.table.Load()
-	if !t.lists(addr) {
-		return ErrUnknownBackend
-	}
-	s.backends.Get(addr).SetDraining(false)
-	reprieved := 0
-	s.sessions.each(func(ss *session) {
-		if ss.upstream.Addr == addr && !s.stopping.Load() && t.keeps(ss) && s.reprieve(ss) {
-			reprieved++
-		}
-	})
-	if reprieved > 0 {
-		s.log.Info("drain called off: backend undrained", zap.String("backend", addr), zap.Int("sessions", reprieved))
-	}
-	return nil
 }
 
 // lists reports whether a pool of t has a backend at addr.
