@@ -369,18 +369,30 @@ func (f *flowSnapshot) load(c *flowCounters) {
 
 // Collect implements prometheus.Collector.
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.s
-	m := &s.metrics
-	counter := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
-	}
-	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
-	}
+	e := emitter{ch}
+	c.collectFlows(e)
+	c.collectStats(e)
+	c.collectBackends(e)
+	c.s.metrics.backendRTT.Collect(ch)
+	c.s.metrics.clientRTT.Collect(ch)
+}
 
-	// Totals and live sessions, read while no session moves from one to
-	// the other.
+// emitter sends constant metrics to a scrape.
+type emitter struct{ ch chan<- prometheus.Metric }
+
+func (e emitter) counter(d *prometheus.Desc, v int64, labels ...string) {
+	e.ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func (e emitter) gauge(d *prometheus.Desc, v int64, labels ...string) {
+	e.ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
+}
+
+// snapshotFlows copies the route and backend totals and adds the live
+// sessions' counters, while no session moves from one to the other.
+func (m *metrics) snapshotFlows(sessions *registry) (map[*routeMetrics]*flowSnapshot, map[*backendMetrics]*flowSnapshot) {
 	m.endMu.Lock()
+	defer m.endMu.Unlock()
 	m.mu.Lock()
 	routes := make(map[*routeMetrics]*flowSnapshot, len(m.routes))
 	for _, r := range m.routes {
@@ -395,7 +407,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		backends[b] = f
 	}
 	m.mu.Unlock()
-	s.sessions.each(func(ss *session) {
+	sessions.each(func(ss *session) {
 		if f := routes[ss.rm]; f != nil {
 			f.add(ss)
 		}
@@ -403,35 +415,44 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			f.add(ss)
 		}
 	})
-	m.endMu.Unlock()
+	return routes, backends
+}
 
+// collectFlows sends the per-route and per-backend series.
+func (c collector) collectFlows(e emitter) {
+	routes, backends := c.s.metrics.snapshotFlows(&c.s.sessions)
 	for r, f := range routes {
-		gauge(descRouteLive, r.live.Load(), r.path)
-		counter(descRouteSessions, r.started.Load(), r.path)
+		e.gauge(descRouteLive, r.live.Load(), r.path)
+		e.counter(descRouteSessions, r.started.Load(), r.path)
 		for k, dir := range directionLabels {
-			counter(descMessages, f.msgs[k], r.path, dir)
-			counter(descBytes, f.bytes[k], r.path, dir)
+			e.counter(descMessages, f.msgs[k], r.path, dir)
+			e.counter(descBytes, f.bytes[k], r.path, dir)
 		}
 		for code := range r.closes {
 			for by := range r.closes[code] {
 				if n := r.closes[code][by].Load(); n > 0 {
-					counter(descCloses, n, r.path, closeCodeLabels[code], relay.Party(by).String())
+					e.counter(descCloses, n, r.path, closeCodeLabels[code], relay.Party(by).String())
 				}
 			}
 		}
 		for class, label := range statusClassLabels {
-			counter(descHTTP, r.http[class].Load(), r.path, label)
+			e.counter(descHTTP, r.http[class].Load(), r.path, label)
 		}
 	}
 	for b, f := range backends {
-		gauge(descBackendLive, b.live.Load(), b.addr)
+		e.gauge(descBackendLive, b.live.Load(), b.addr)
 		for k, dir := range directionLabels {
-			counter(descBackendMessages, f.msgs[k], b.addr, dir)
-			counter(descBackendBytes, f.bytes[k], b.addr, dir)
+			e.counter(descBackendMessages, f.msgs[k], b.addr, dir)
+			e.counter(descBackendBytes, f.bytes[k], b.addr, dir)
 		}
 	}
+}
 
+// collectStats sends the global counters and gauges.
+func (c collector) collectStats(e emitter) {
+	s := c.s
 	st := &s.stats
+	counter, gauge := e.counter, e.gauge
 	gauge(descDraining, st.SessionsDraining.Load())
 	for _, o := range []struct {
 		name string
@@ -484,22 +505,22 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for k, label := range acceptErrLabels {
 		counter(descAcceptErrors, st.AcceptErrors[k].Load(), label)
 	}
+}
 
-	status := s.Status()
+// collectBackends sends each backend's weight, drain mark and health.
+func (c collector) collectBackends(e emitter) {
+	status := c.s.Status()
 	seen := make(map[string]bool)
 	for _, p := range status.Pools {
 		for _, b := range p.Backends {
-			gauge(descWeight, int64(b.Weight), p.Name, b.Address)
-			gauge(descBackendDraining, boolValue(b.Draining), p.Name, b.Address)
+			e.gauge(descWeight, int64(b.Weight), p.Name, b.Address)
+			e.gauge(descBackendDraining, boolValue(b.Draining), p.Name, b.Address)
 			if !seen[b.Address] {
 				seen[b.Address] = true
-				gauge(descHealthy, boolValue(b.Healthy), b.Address)
+				e.gauge(descHealthy, boolValue(b.Healthy), b.Address)
 			}
 		}
 	}
-
-	m.backendRTT.Collect(ch)
-	m.clientRTT.Collect(ch)
 }
 
 func boolValue(b bool) int64 {
