@@ -103,78 +103,15 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	}
 	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {
-		pc := c.Pools[name]
-		p := &pool{
-			name:      name,
-			clients:   make(map[string]*httpClient, len(pc.Backends)),
-			weights:   make(map[string]int, len(pc.Backends)),
-			drainRate: pc.DrainRate,
+		var oldPool *pool
+		if old != nil {
+			oldPool = old.pools[name]
 		}
-		var base *tls.Config
-		var prev *pool // the old pool, when its TLS configurations are still good
-		if pc.TLS.Enabled {
-			p.tlsFrom = newTLSSource(pc.TLS)
-			if old != nil {
-				if op := old.pools[name]; op != nil && op.tlsBase != nil && op.tlsFrom == p.tlsFrom {
-					prev, base = op, op.tlsBase
-				}
-			}
+		p, lc, err := s.buildPool(name, c.Pools[name], oldPool)
+		if err != nil {
+			return nil, err
 		}
-		if pc.TLS.Enabled && base == nil {
-			var err error
-			base, err = tlsconf.NewClient(tlsconf.ClientOptions{
-				ServerName:         pc.TLS.ServerName,
-				CAFile:             pc.TLS.CAFile,
-				CertFile:           pc.TLS.CertFile,
-				KeyFile:            pc.TLS.KeyFile,
-				InsecureSkipVerify: pc.TLS.InsecureSkipVerify,
-			})
-			if err != nil {
-				return nil, fmt.Errorf("pool %s: %w", name, err)
-			}
-			if pc.TLS.InsecureSkipVerify {
-				s.log.Warn("TLS to backends without certificate verification", zap.String("pool", name))
-			}
-		}
-		if base != nil {
-			p.tlsBase = base
-			p.tls = make(map[string]*tls.Config, len(pc.Backends))
-		}
-		members := make([]*balancer.Backend, 0, len(pc.Backends))
-		weights := make([]int, 0, len(pc.Backends))
-		for _, bc := range pc.Backends {
-			members = append(members, s.backends.Get(bc.Address))
-			weights = append(weights, bc.Weight)
-			p.weights[bc.Address] = bc.Weight
-			var hc *httpClient
-			if old != nil {
-				if op := old.pools[name]; op != nil {
-					hc = op.clients[bc.Address]
-				}
-			}
-			if hc != nil && hc.idleTimeout != pc.IdleConnTimeout {
-				hc = nil
-			}
-			var bt *tls.Config
-			if prev != nil {
-				bt = prev.tls[bc.Address]
-			}
-			if bt == nil && base != nil {
-				bt = base.Clone()
-				if bt.ServerName == "" {
-					bt.ServerName, _, _ = net.SplitHostPort(bc.Address)
-				}
-				hc = nil // new certificates, or a backend new to the pool
-			}
-			if bt != nil {
-				p.tls[bc.Address] = bt
-			}
-			if hc == nil {
-				hc = newHTTPClient(bc.Address, pc.IdleConnTimeout)
-			}
-			p.clients[bc.Address] = hc
-		}
-		lbConfigs[name] = balancer.PoolConfig{Backends: members, Weights: weights, BoundedLoad: pc.BoundedLoad}
+		lbConfigs[name] = lc
 		t.pools[name] = p
 	}
 	// Nothing can fail from here on, so the balancers of pools that stay
@@ -189,22 +126,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		}
 	}
 	for i := range c.Routes {
-		rc := &c.Routes[i]
-		r := &route{
-			path:    rc.Path,
-			exact:   rc.Exact,
-			pool:    t.pools[rc.Pool],
-			key:     keySpec(rc.HashKey),
-			limits:  rc.Limits,
-			relay:   relayLimits(&rc.Limits, s.closeTimeout),
-			metrics: s.metrics.route(rc.Path),
-
-			maxSessions: int64(rc.MaxSessions),
-		}
-		for _, o := range rc.AllowedOrigins {
-			r.origins = append(r.origins, []byte(strings.ToLower(o)))
-		}
-		t.routes = append(t.routes, r)
+		t.routes = append(t.routes, s.buildRoute(&c.Routes[i], t))
 	}
 	sort.SliceStable(t.routes, func(i, j int) bool {
 		if len(t.routes[i].path) != len(t.routes[j].path) {
@@ -213,6 +135,98 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		return t.routes[i].exact && !t.routes[j].exact
 	})
 	return t, nil
+}
+
+// buildPool builds a pool and the configuration of its balancer, reusing
+// from old (the pool of the same name in the table being replaced, or
+// nil) the TLS configurations and plain HTTP clients that are still good.
+func (s *Server) buildPool(name string, pc *config.Pool, old *pool) (*pool, balancer.PoolConfig, error) {
+	p := &pool{
+		name:      name,
+		clients:   make(map[string]*httpClient, len(pc.Backends)),
+		weights:   make(map[string]int, len(pc.Backends)),
+		drainRate: pc.DrainRate,
+	}
+	var base *tls.Config
+	var prev *pool // the old pool, when its TLS configurations are still good
+	if pc.TLS.Enabled {
+		p.tlsFrom = newTLSSource(pc.TLS)
+		if old != nil && old.tlsBase != nil && old.tlsFrom == p.tlsFrom {
+			prev, base = old, old.tlsBase
+		}
+	}
+	if pc.TLS.Enabled && base == nil {
+		var err error
+		base, err = tlsconf.NewClient(tlsconf.ClientOptions{
+			ServerName:         pc.TLS.ServerName,
+			CAFile:             pc.TLS.CAFile,
+			CertFile:           pc.TLS.CertFile,
+			KeyFile:            pc.TLS.KeyFile,
+			InsecureSkipVerify: pc.TLS.InsecureSkipVerify,
+		})
+		if err != nil {
+			return nil, balancer.PoolConfig{}, fmt.Errorf("pool %s: %w", name, err)
+		}
+		if pc.TLS.InsecureSkipVerify {
+			s.log.Warn("TLS to backends without certificate verification", zap.String("pool", name))
+		}
+	}
+	if base != nil {
+		p.tlsBase = base
+		p.tls = make(map[string]*tls.Config, len(pc.Backends))
+	}
+	members := make([]*balancer.Backend, 0, len(pc.Backends))
+	weights := make([]int, 0, len(pc.Backends))
+	for _, bc := range pc.Backends {
+		members = append(members, s.backends.Get(bc.Address))
+		weights = append(weights, bc.Weight)
+		p.weights[bc.Address] = bc.Weight
+		var hc *httpClient
+		if old != nil {
+			hc = old.clients[bc.Address]
+		}
+		if hc != nil && hc.idleTimeout != pc.IdleConnTimeout {
+			hc = nil
+		}
+		var bt *tls.Config
+		if prev != nil {
+			bt = prev.tls[bc.Address]
+		}
+		if bt == nil && base != nil {
+			bt = base.Clone()
+			if bt.ServerName == "" {
+				bt.ServerName, _, _ = net.SplitHostPort(bc.Address)
+			}
+			hc = nil // new certificates, or a backend new to the pool
+		}
+		if bt != nil {
+			p.tls[bc.Address] = bt
+		}
+		if hc == nil {
+			hc = newHTTPClient(bc.Address, pc.IdleConnTimeout)
+		}
+		p.clients[bc.Address] = hc
+	}
+	return p, balancer.PoolConfig{Backends: members, Weights: weights, BoundedLoad: pc.BoundedLoad}, nil
+}
+
+// buildRoute builds the table entry of a configured route.
+func (s *Server) buildRoute(rc *config.Route, t *table) *route {
+	r := &route{
+		path:    rc.Path,
+		exact:   rc.Exact,
+		pool:    t.pools[rc.Pool],
+		key:     keySpec(rc.HashKey),
+		limits:  rc.Limits,
+		relay:   relayLimits(&rc.Limits, s.closeTimeout),
+		metrics: s.metrics.route(rc.Path),
+
+		maxSessions: int64(rc.MaxSessions),
+	}
+	for _, o := range rc.AllowedOrigins {
+		r.origins = append(r.origins, []byte(strings.ToLower(o)))
+	}
+	return r
 }
 
 // keySpec converts the configured hash key.
