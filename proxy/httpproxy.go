@@ -50,14 +50,14 @@ var copyBufPool = sync.Pool{New: func() any {
 // through: a body of unknown length (Server-Sent Events, chunked) is passed
 // on chunk by chunk, never buffered whole.
 func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
-	s.stats.HTTPRequests.Add(1)
 	start := time.Now()
 	var backend string
 	h := &ctx.Request.Header
-	cb := clientBody{ctx: ctx, timeout: rt.limits.ReadTimeout, want: int64(h.ContentLength())}
+	pr := &plainRequest{ctx: ctx, rt: rt}
+	pr.cb = clientBody{ctx: ctx, timeout: rt.limits.ReadTimeout, want: int64(h.ContentLength())}
 	defer func() {
 		// An answer of the proxy's own given before the upload was read.
-		if !ctx.Response.IsBodyStream() && !ctx.Hijacked() && unreadBody(ctx, &cb) {
+		if !ctx.Response.IsBodyStream() && !ctx.Hijacked() && unreadBody(ctx, &pr.cb) {
 			s.lingerClose(ctx)
 		}
 		s.requestEnded(ctx, rt, backend, start)
@@ -75,114 +75,155 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 		return
 	}
 	backend = b.Addr
-	hc := rt.pool.clients[b.Addr]
+	pr.key, pr.b, pr.hc = key, b, rt.pool.clients[b.Addr]
 	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
 	if ctx.IsTLS() {
 		f.proto = "https"
 	}
-
 	bp := reqPool.Get().(*[]byte)
 	defer reqPool.Put(bp)
-	var stream io.Reader // a body sent as it arrives, once
-	chunked := false
-	bodyLen := 0
+	err := pr.build((*bp)[:0], &f, peer)
+	*bp = pr.msg[:0]
+	if err != nil {
+		s.httpFailed(ctx, rt, b, err, exchange{client: err})
+		return
+	}
+	s.sendPlain(pr)
+	backend = pr.b.Addr
+}
+
+// plainRequest is a plain HTTP request on its way to a backend.
+type plainRequest struct {
+	ctx *fasthttp.RequestCtx
+	rt  *route
+	key uint64
+	b   *balancer.Backend // the backend it goes to
+	hc  *httpClient       // b's
+	// msg is the request as the backend gets it, its body too unless it
+	// is streamed.
+	msg     []byte
+	stream  io.Reader // a body sent as it arrives, once
+	chunked bool
+	bodyLen int
+	cb      clientBody
+}
+
+// build writes the request for the backend into dst: its head, and the
+// body unless it is to be streamed. A client that fails to send its body
+// whole gets an error.
+func (pr *plainRequest) build(dst []byte, f *forwarded, peer netip.Addr) error {
+	ctx, h := pr.ctx, &pr.ctx.Request.Header
 	if ctx.Request.IsBodyStream() {
-		cb.r = ctx.RequestBodyStream()
-		bodyLen = h.ContentLength()
-		if bodyLen < 0 || bodyLen > maxReplayBody {
-			stream, chunked = &cb, bodyLen < 0
+		pr.cb.r = ctx.RequestBodyStream()
+		pr.bodyLen = h.ContentLength()
+		if pr.bodyLen < 0 || pr.bodyLen > maxReplayBody {
+			pr.stream, pr.chunked = &pr.cb, pr.bodyLen < 0
 		}
 	} else {
-		bodyLen = len(ctx.Request.Body())
+		pr.bodyLen = len(ctx.Request.Body())
 	}
-	msg := appendProxyRequest((*bp)[:0], &ctx.Request, &proxyRequest{
-		forwarded: f, peer: peer, backend: b.Addr, bodyLen: bodyLen, keepAlive: hc.idleTimeout > 0,
+	pr.msg = appendProxyRequest(dst, &ctx.Request, &proxyRequest{
+		forwarded: *f, peer: peer, backend: pr.b.Addr, bodyLen: pr.bodyLen, keepAlive: pr.hc.idleTimeout > 0,
 	})
 	switch {
-	case stream != nil:
+	case pr.stream != nil:
 	case ctx.Request.IsBodyStream():
-		n := len(msg)
-		msg = slices.Grow(msg, bodyLen)[:n+bodyLen]
-		if _, err := io.ReadFull(&cb, msg[n:]); err != nil {
-			*bp = msg[:0]
-			s.httpFailed(ctx, rt, b, err, exchange{client: err})
-			return
+		n := len(pr.msg)
+		pr.msg = slices.Grow(pr.msg, pr.bodyLen)[:n+pr.bodyLen]
+		if _, err := io.ReadFull(&pr.cb, pr.msg[n:]); err != nil {
+			return err
 		}
 	default:
-		msg = append(msg, ctx.Request.Body()...)
+		pr.msg = append(pr.msg, ctx.Request.Body()...)
 	}
-	*bp = msg[:0]
+	return nil
+}
 
-	idempotent := isIdempotent(ctx.Method(), h)
+// sendPlain sends the request and relays the answer. A connect refused
+// goes to the next backend the hash offers, as an upgrade's does; a
+// pooled connection the backend had closed is replaced once when sending
+// again cannot repeat the request's effect. Anything else is the client's
+// error answer.
+func (s *Server) sendPlain(pr *plainRequest) {
+	ctx, rt := pr.ctx, pr.rt
+	idempotent := isIdempotent(ctx.Method(), &ctx.Request.Header)
 	var tried []*balancer.Backend
 	for attempt := 0; ; attempt++ {
 		var bc *backendConn
 		if attempt == 0 {
-			bc = hc.get()
+			bc = pr.hc.get()
 		}
 		if bc == nil {
 			var err error
-			bc, err = hc.dial(rt.limits.HandshakeTimeout, rt.pool.tls[b.Addr])
+			bc, err = pr.hc.dial(rt.limits.HandshakeTimeout, rt.pool.tls[pr.b.Addr])
 			if err != nil {
-				// Nothing reached the backend: a refused connect goes to
-				// the next backend the hash offers, as an upgrade's does.
 				// A connect that timed out has used its time already.
 				v := classify(err, exchange{})
-				tried = append(tried, b)
+				tried = append(tried, pr.b)
 				var next *balancer.Backend
 				if v.kind == failUnreachable && len(tried) < s.attempts {
-					next = rt.pool.lb.PickExcluding(key, tried)
+					next = rt.pool.lb.PickExcluding(pr.key, tried)
 				}
 				if next == nil {
-					s.httpFailed(ctx, rt, b, err, exchange{})
+					s.httpFailed(ctx, rt, pr.b, err, exchange{})
 					return
 				}
 				s.stats.HTTPBackendErrors.Add(1)
-				s.backendFailed(rt.pool.name, b, err, v, "backend unreachable; trying the next one")
-				b, backend, hc = next, next.Addr, rt.pool.clients[next.Addr]
+				s.backendFailed(rt.pool.name, pr.b, err, v, "backend unreachable; trying the next one")
+				pr.b, pr.hc = next, rt.pool.clients[next.Addr]
 				attempt = -1 // the next backend's pooled connections first
 				continue
 			}
 		}
-		bc.begin(rt.limits.ReadTimeout, rt.limits.WriteTimeout)
-		err := sendRequest(bc, msg, stream, chunked)
-		early := false
-		if err != nil && cb.err == nil {
-			// A backend that stopped reading the body may have said
-			// why first (413, 401): that answer is the client's.
-			bc.readTimeout = earlyAnswerWait
-			if readResponseHead(bc, &ctx.Response) == nil {
-				err, early = nil, true
-			}
-		} else if err == nil {
-			err = readResponseHead(bc, &ctx.Response)
-		}
+		err := s.exchangePlain(pr, bc)
 		if err == nil {
-			if s.health != nil {
-				s.health.ReportSuccess(b.Addr)
-			}
-			if early {
-				bc.readTimeout = rt.limits.ReadTimeout
-				ctx.SetConnectionClose() // the rest of the upload goes unread
-			}
-			s.relayResponse(ctx, hc, bc, !early)
 			return
 		}
 		_ = bc.Close()
-		x := exchange{dialed: true, reused: bc.reused, client: cb.err, heard: bc.heard}
+		x := exchange{dialed: true, reused: bc.reused, client: pr.cb.err, heard: bc.heard}
 		// A pooled connection the backend closed while idle: nothing
 		// was heard, so the request may go again if sending it again
 		// cannot repeat its effect.
-		bodyNotSent := bodyLen == 0 || (stream != nil && cb.n == 0)
+		bodyNotSent := pr.bodyLen == 0 || (pr.stream != nil && pr.cb.n == 0)
 		if attempt == 0 && x.reused && !x.heard && x.client == nil && !isTimeout(err) &&
-			(stream == nil || cb.n == 0) && (idempotent || bodyNotSent) {
+			(pr.stream == nil || pr.cb.n == 0) && (idempotent || bodyNotSent) {
 			s.stats.HTTPRetries.Add(1)
 			continue
 		}
 		ctx.Response.Reset()
-		s.httpFailed(ctx, rt, b, err, x)
+		s.httpFailed(ctx, rt, pr.b, err, x)
 		return
 	}
+}
+
+// exchangePlain sends the request on bc and, once the answer's head is
+// read, relays the answer. A backend that stopped reading the body may
+// have said why first (413, 401): that answer is the client's.
+func (s *Server) exchangePlain(pr *plainRequest, bc *backendConn) error {
+	ctx, rt := pr.ctx, pr.rt
+	bc.begin(rt.limits.ReadTimeout, rt.limits.WriteTimeout)
+	err := sendRequest(bc, pr.msg, pr.stream, pr.chunked)
+	early := false
+	if err != nil && pr.cb.err == nil {
+		bc.readTimeout = earlyAnswerWait
+		if readResponseHead(bc, &ctx.Response) == nil {
+			err, early = nil, true
+		}
+	} else if err == nil {
+		err = readResponseHead(bc, &ctx.Response)
+	}
+	if err != nil {
+		return err
+	}
+	if s.health != nil {
+		s.health.ReportSuccess(pr.b.Addr)
+	}
+	if early {
+		bc.readTimeout = rt.limits.ReadTimeout
+		ctx.SetConnectionClose() // the rest of the upload goes unread
+	}
+	s.relayResponse(ctx, pr.hc, bc, !early)
+	return nil
 }
 
 // httpFailed answers, counts and logs a plain request that got no answer.

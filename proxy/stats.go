@@ -46,10 +46,8 @@ type Stats struct {
 	RequestHeadTooLarge atomic.Int64
 	RequestTimeouts     atomic.Int64
 	RequestMalformed    atomic.Int64
-	HTTPRequests        atomic.Int64
 	HTTPBackendErrors   atomic.Int64
 	SessionsStarted     atomic.Int64
-	SessionsEnded       atomic.Int64
 	SessionsDraining    atomic.Int64
 	ViolationsClient    atomic.Int64
 	ViolationsBackend   atomic.Int64
@@ -68,8 +66,6 @@ type Stats struct {
 	PingsBackend  atomic.Int64
 	PongsClient   atomic.Int64
 	PongsBackend  atomic.Int64
-	// LastPongRTT is the round trip of the latest answered proxy ping, ns.
-	LastPongRTT atomic.Int64
 	// AcceptErrors counts failed accepts that were retried, by reason
 	// (acceptErrLabels).
 	AcceptErrors [len(acceptErrLabels)]atomic.Int64
