@@ -89,9 +89,9 @@ type ipState struct {
 	last     int64   // monoNow of the last bucket update; 0 if none
 }
 
-// full reports whether the entry carries nothing: no counted session and
+// idle reports whether the entry carries nothing: no counted session and
 // a bucket that has refilled by now.
-func (st *ipState) full(l *admissionLimits, now int64) bool {
+func (st *ipState) idle(l *admissionLimits, now int64) bool {
 	if st.sessions > 0 {
 		return false
 	}
@@ -224,7 +224,7 @@ func (a *admission) admitIP(l *admissionLimits, key netip.Addr, now int64) (r *r
 // twice what is left, so sweeps cost O(1) per insert.
 func (sh *ipShard) sweep(l *admissionLimits, now int64) {
 	for k, e := range sh.m {
-		if e.full(l, now) {
+		if e.idle(l, now) {
 			delete(sh.m, k)
 		}
 	}
