@@ -183,7 +183,7 @@ func moved(a, b picker, keys []uint64, changed string) (frac, excess float64) {
 
 func TestSchemeComparison(t *testing.T) {
 	if testing.Short() || raceEnabled {
-		t.Skip("measurement, not a check")
+		t.Skip("a measurement, too slow under -race or -short")
 	}
 	keys := keys100k()
 	keys200k := testKeys(200_000)
@@ -206,6 +206,20 @@ func TestSchemeComparison(t *testing.T) {
 		fmt.Fprintf(&out, "| %s | %.1f%% | %.1f%% | %.1f%% | %.2f%% (%.2f%%) | %.2f%% (%.2f%%) | %v | %d KiB |\n",
 			c.name, 100*dev10, 100*devW, 100*dev100, 100*rm, 100*rmX, 100*add, 100*addX,
 			build.Round(100*time.Microsecond), c.size(100)/1024)
+		if c.name == schemeCandidates[0].name {
+			// What the package documentation claims of the chosen
+			// scheme: minimal disruption, and balance within the slot
+			// quantisation.
+			if rmX != 0 || addX != 0 {
+				t.Errorf("%s: %.2f%% and %.2f%% of keys moved between backends that did not change", c.name, 100*rmX, 100*addX)
+			}
+			if math.Abs(rm-0.1) > 0.02 || math.Abs(add-1.0/11) > 0.02 {
+				t.Errorf("%s: removing 1 of 10 moved %.2f%%, adding an 11th %.2f%%; want about 10%% and 9.1%%", c.name, 100*rm, 100*add)
+			}
+			if dev10 > 0.06 || devW > 0.03 || dev100 > 0.2 {
+				t.Errorf("%s: deviations %.1f%%, %.1f%%, %.1f%% over the documented bounds", c.name, 100*dev10, 100*devW, 100*dev100)
+			}
+		}
 	}
 	t.Log(out.String())
 }
