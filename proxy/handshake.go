@@ -438,6 +438,8 @@ func handshakeBackend(ctx context.Context, addr string, tlsConfig *tls.Config, r
 		conn.Close()
 		return nil, nil, err
 	}
-	_ = conn.SetDeadline(time.Time{})
+	if a.status == fasthttp.StatusSwitchingProtocols {
+		_ = conn.SetDeadline(time.Time{})
+	} // a refusal's body is read within the handshake's deadline too
 	return conn, a, nil
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -186,7 +187,8 @@ func (s *Server) relayRefusal(ctx *fasthttp.RequestCtx, conn net.Conn, a *backen
 	resp := fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseResponse(resp)
 	if err := resp.ReadLimitBody(a.br, maxErrorBody); err != nil {
-		refuse(ctx, fasthttp.StatusBadGateway, "backend sent an unreadable answer", 1)
+		v := classify(fmt.Errorf("%w: refusal body: %w", errProtocol, err), exchange{dialed: true, upgrade: true, heard: true})
+		refuse(ctx, v.status, v.reason, v.retryAfter)
 		return
 	}
 	resp.CopyTo(&ctx.Response)
