@@ -103,7 +103,7 @@ type rig struct {
 // peer is the test's end of one side.
 type peer struct {
 	t    testing.TB
-	conn *net.TCPConn
+	conn net.Conn
 	br   *bufio.Reader
 	mask bool // frames from here are masked (the client's)
 }
