@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,4 +169,24 @@ func TestRelayClosePaths(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Between messages a session holds no goroutine: no pump runs, inline on
+// the poller's loop or on its own, once both sides are read out.
+func TestRelayIdleSessionHoldsNoGoroutine(t *testing.T) {
+	r := newRig(t, plain(), rigOpts{})
+	for i := 0; i < 3; i++ {
+		r.client.send(r.client.frame(true, wsframe.OpText, bytes.Repeat([]byte{'c'}, 100<<10)))
+		r.backend.expect(wsframe.OpText, string(bytes.Repeat([]byte{'c'}, 100<<10)))
+		r.backend.send(r.backend.frame(true, wsframe.OpText, []byte("b")))
+		r.client.expect(wsframe.OpText, "b")
+	}
+	// A pump that has just gone idle may still be returning: wait for
+	// the state to be reached, which it never is if a pump stays.
+	buf := make([]byte, 1<<20)
+	waitFor(t, "both pumps idle, and no goroutine in one", func() bool {
+		st := string(buf[:runtime.Stack(buf, true)])
+		return r.s.client.state.Load() == pumpIdle && r.s.backend.state.Load() == pumpIdle &&
+			!strings.Contains(st, "relay.(*side).pump")
+	})
 }
