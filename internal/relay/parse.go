@@ -19,15 +19,25 @@ func (wk *walk) run() []byte { return wk.buf[wk.fw:wk.p] }
 func (x *side) relay(buf []byte, p, end int) {
 	wk := walk{buf: buf, p: p, fw: p, end: end}
 	for wk.p < wk.end {
-		var ok bool
-		if x.remaining > 0 {
-			ok = x.payload(&wk)
-		} else {
-			ok = x.frame(&wk)
+		if x.remaining == 0 {
+			if !x.frame(&wk) {
+				return
+			}
+			continue
 		}
-		if !ok {
-			return
+		// The payload of the current data frame that this read holds,
+		// cut out of the run if the frame is dropped. (Inline: it is
+		// the step every frame takes.)
+		k := min(int64(wk.end-wk.p), x.remaining)
+		if x.drop {
+			if !x.forward(wk.run(), false) {
+				return
+			}
+			wk.fw = wk.p + int(k)
 		}
+		wk.data = true
+		wk.p += int(k)
+		x.remaining -= k
 	}
 	if wk.data {
 		x.s.lastData.Store(monoNow())
@@ -35,24 +45,9 @@ func (x *side) relay(buf []byte, p, end int) {
 	x.forward(wk.run(), x.remaining > 0 && !x.drop)
 }
 
-// payload passes over the payload bytes of the current data frame that
-// this read holds, cutting them out of the run if the frame is dropped.
-func (x *side) payload(wk *walk) bool {
-	k := min(int64(wk.end-wk.p), x.remaining)
-	if x.drop {
-		if !x.forward(wk.run(), false) {
-			return false
-		}
-		wk.fw = wk.p + int(k)
-	}
-	wk.data = true
-	wk.p += int(k)
-	x.remaining -= k
-	return true
-}
-
-// frame handles the frame that starts at wk.p, a frame boundary. It
-// reports false when the pass ends there.
+// frame handles the frame that starts at wk.p, a frame boundary: a
+// control frame in controlFrame, the header of a data frame here (the
+// step every frame takes). It reports false when the pass ends there.
 func (x *side) frame(wk *walk) bool {
 	// The relay may put its own frames here.
 	if x.peer.ctrl.pending.Load() {
@@ -63,24 +58,68 @@ func (x *side) frame(wk *walk) bool {
 		x.flushCtrl()
 	}
 	h, hl, err := wsframe.Parse(wk.buf[wk.p:wk.end])
-	if err != nil {
-		x.forward(wk.run(), false)
-		x.s.violation(x, "invalid frame length")
-		return false
-	}
-	if hl == 0 {
+	switch {
+	case err != nil:
+		return x.protocolError(wk, "invalid frame length")
+	case hl == 0:
 		x.carry(wk)
 		return false
 	}
 	if reason := x.check(&h); reason != "" {
-		x.forward(wk.run(), false)
-		x.s.violation(x, reason)
-		return false
+		return x.protocolError(wk, reason)
 	}
 	if h.IsControl() {
 		return x.controlFrame(wk, &h, hl)
 	}
-	return x.dataFrame(wk, &h, hl)
+	if h.Opcode == wsframe.OpContinuation {
+		if !x.msgOpen {
+			return x.protocolError(wk, "continuation frame with no message open")
+		}
+		x.msgBytes += h.Length
+	} else {
+		if x.msgOpen {
+			return x.protocolError(wk, "new message before the last one ended")
+		}
+		x.msgBytes = h.Length
+		if x.lim != nil && !x.lim.allow(x.lastRead.Load()) {
+			x.forward(wk.run(), false)
+			x.s.rateLimited(x, MessageRate)
+			return false
+		}
+	}
+	x.msgOpen = !h.Fin
+	if h.Fin {
+		x.msgs.Add(1)
+	}
+	wk.data = true
+	x.drop = x.eof || x.close.has(closeRead) || x.peer.close.has(closeQueued|sideGone)
+	max := x.s.limits.MaxMessageBytes
+	tooBig := !x.drop && max > 0 && x.msgBytes > max
+	if tooBig {
+		// Refuse the message but keep parsing its frames, so the
+		// sender's Close can be found behind them.
+		x.drop = true
+	}
+	if x.drop {
+		if !x.forward(wk.run(), false) {
+			return false
+		}
+		wk.fw = wk.p + hl
+	}
+	if tooBig {
+		x.s.tooBig(x)
+	}
+	wk.p += hl
+	x.remaining = h.Length
+	return true
+}
+
+// protocolError forwards the run before the frame at wk.p, which broke the
+// protocol, and fails the session. The pass ends there.
+func (x *side) protocolError(wk *walk, reason string) bool {
+	x.forward(wk.run(), false)
+	x.s.violation(x, reason)
+	return false
 }
 
 // carry keeps the incomplete frame at wk.p for the next read, which places
@@ -121,57 +160,6 @@ func (x *side) controlFrame(wk *walk, h *wsframe.Header, hl int) bool {
 		return true
 	}
 	wk.p += total
-	return true
-}
-
-// dataFrame handles the header of a data frame, hl bytes at wk.p: it
-// checks the message sequence and the limits and decides whether the
-// frame is forwarded.
-func (x *side) dataFrame(wk *walk, h *wsframe.Header, hl int) bool {
-	if h.Opcode == wsframe.OpContinuation {
-		if !x.msgOpen {
-			x.forward(wk.run(), false)
-			x.s.violation(x, "continuation frame with no message open")
-			return false
-		}
-		x.msgBytes += h.Length
-	} else {
-		if x.msgOpen {
-			x.forward(wk.run(), false)
-			x.s.violation(x, "new message before the last one ended")
-			return false
-		}
-		x.msgBytes = h.Length
-		if x.lim != nil && !x.lim.allow(x.lastRead.Load()) {
-			x.forward(wk.run(), false)
-			x.s.rateLimited(x, MessageRate)
-			return false
-		}
-	}
-	x.msgOpen = !h.Fin
-	if h.Fin {
-		x.msgs.Add(1)
-	}
-	wk.data = true
-	x.drop = x.eof || x.close.has(closeRead) || x.peer.close.has(closeQueued|sideGone)
-	max := x.s.limits.MaxMessageBytes
-	tooBig := !x.drop && max > 0 && x.msgBytes > max
-	if tooBig {
-		// Refuse the message but keep parsing its frames, so the
-		// sender's Close can be found behind them.
-		x.drop = true
-	}
-	if x.drop {
-		if !x.forward(wk.run(), false) {
-			return false
-		}
-		wk.fw = wk.p + hl
-	}
-	if tooBig {
-		x.s.tooBig(x)
-	}
-	wk.p += hl
-	x.remaining = h.Length
 	return true
 }
 
