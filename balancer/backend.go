@@ -12,7 +12,9 @@ const (
 )
 
 // maxWeight caps Backend.Weight so that bounded-load arithmetic cannot
-// overflow; larger weights are treated as maxWeight.
+// overflow; larger weights are treated as maxWeight. It matches the
+// largest weight the configuration accepts (config.MaxWeight), which
+// this package does not import.
 const maxWeight = 1_000_000
 
 // Backend is one upstream server. Its runtime state (health, draining, live

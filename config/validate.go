@@ -12,8 +12,9 @@ import (
 	"time"
 )
 
-// maxWeight is the largest backend weight accepted.
-const maxWeight = 1_000_000
+// MaxWeight is the largest backend weight accepted, from the file or from
+// DNS.
+const MaxWeight = 1_000_000
 
 // validate checks the decoded config as a whole: the mistakes a single key
 // cannot show. Every problem is reported, each at its key's line.
@@ -356,8 +357,8 @@ func (d *decoder) validatePool(path string, p *Pool) {
 		} else {
 			seen[b.Address] = i
 		}
-		if b.Weight < 0 || b.Weight > maxWeight {
-			d.failAt(bpath+".weight", "%d is out of range: want 0 (drain) to %d", b.Weight, maxWeight)
+		if b.Weight < 0 || b.Weight > MaxWeight {
+			d.failAt(bpath+".weight", "%d is out of range: want 0 (drain) to %d", b.Weight, MaxWeight)
 		}
 	}
 	t := p.TLS

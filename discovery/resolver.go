@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/wsproxy/wsproxy/config"
 )
 
 // Record types a pool may be found by.
@@ -105,22 +107,19 @@ func (r *resolver) config(name string) (servers, names []string, err error) {
 }
 
 // normalise sorts backends by address and adds up the weights of an
-// address listed twice, capped at maxWeight.
+// address listed twice, capped at config.MaxWeight.
 func normalise(bs []Backend) []Backend {
 	slices.SortFunc(bs, func(a, b Backend) int { return strings.Compare(a.Address, b.Address) })
 	out := bs[:0]
 	for _, b := range bs {
 		if n := len(out); n > 0 && out[n-1].Address == b.Address {
-			out[n-1].Weight = min(out[n-1].Weight+b.Weight, maxWeight)
+			out[n-1].Weight = min(out[n-1].Weight+b.Weight, config.MaxWeight)
 			continue
 		}
 		out = append(out, b)
 	}
 	return out
 }
-
-// maxWeight is the largest weight a backend may have (the config's cap).
-const maxWeight = 1_000_000
 
 // querier asks one lookup's questions and keeps the smallest TTL seen.
 type querier struct {

@@ -113,8 +113,44 @@ func NewManager(ctx context.Context, cfg Config) *Manager {
 // An invalid Spec is logged and replaced by one of TypeNone. Update returns
 // once the stopped checkers have returned; it does nothing after Close.
 func (m *Manager) Update(pools []PoolSpec) {
+	wants, thresholds := m.wanted(pools)
+	m.mu.Lock()
+	if m.closed || m.ctx.Err() != nil {
+		m.mu.Unlock()
+		return
+	}
+	now := time.Now()
+	stopped, verdicts, touched := m.stopChanged(wants)
+	m.forgetUnlisted(thresholds, touched, now)
+	for addr, t := range thresholds {
+		st := m.states[addr]
+		if st == nil {
+			st = &addrState{addr: addr}
+			st.up.Store(true)
+			m.states[addr] = st
+		}
+		st.passiveThreshold = t
+	}
+	m.startMissing(wants, verdicts)
+	for st, pool := range touched {
+		m.recompute(st, pool, fmt.Sprintf("health check of pool %q removed", pool), now)
+	}
+	snap := maps.Clone(m.states)
+	m.snap.Store(&snap)
+	m.mu.Unlock()
+
+	for _, c := range stopped {
+		<-c.done
+	}
+	m.flush()
+}
+
+// wanted returns the checkers pools ask for, each Spec validated and
+// defaulted, and each address's passive threshold: the lowest of its
+// pools' that is on, 0 when every one is off.
+func (m *Manager) wanted(pools []PoolSpec) (map[checkerKey]Spec, map[string]int) {
 	wants := make(map[checkerKey]Spec)
-	thresholds := make(map[string]int) // by address; 0: off
+	thresholds := make(map[string]int)
 	for _, p := range pools {
 		spec := p.Spec
 		if err := spec.Validate(); err != nil {
@@ -132,16 +168,17 @@ func (m *Manager) Update(pools []PoolSpec) {
 			thresholds[addr] = t
 		}
 	}
+	return wants, thresholds
+}
 
-	m.mu.Lock()
-	if m.closed || m.ctx.Err() != nil {
-		m.mu.Unlock()
-		return
-	}
-	now := time.Now()
+// stopChanged stops the checkers that wants drops or changes. It returns
+// them (to wait for once m.mu is released), the verdicts of those to be
+// restarted, and the states that lost a checker with its pool. The caller
+// holds m.mu.
+func (m *Manager) stopChanged(wants map[checkerKey]Spec) ([]*checker, map[checkerKey]bool, map[*addrState]string) {
 	var stopped []*checker
-	verdicts := make(map[checkerKey]bool)  // of restarted checkers
-	touched := make(map[*addrState]string) // lost a checker: the pool
+	verdicts := make(map[checkerKey]bool)
+	touched := make(map[*addrState]string)
 	for key, c := range m.checkers {
 		spec, ok := wants[key]
 		if ok && c.spec.sameChecker(spec) {
@@ -158,8 +195,15 @@ func (m *Manager) Update(pools []PoolSpec) {
 		st.checkers = slices.DeleteFunc(st.checkers, func(o *checker) bool { return o == c })
 		touched[st] = key.pool
 	}
+	return stopped, verdicts, touched
+}
+
+// forgetUnlisted drops the addresses no pool lists any more, reporting up
+// those that were down so that the Setter holds no stale state. The caller
+// holds m.mu.
+func (m *Manager) forgetUnlisted(listed map[string]int, touched map[*addrState]string, now time.Time) {
 	for addr, st := range m.states {
-		if _, ok := thresholds[addr]; ok {
+		if _, ok := listed[addr]; ok {
 			continue
 		}
 		delete(m.states, addr)
@@ -169,15 +213,12 @@ func (m *Manager) Update(pools []PoolSpec) {
 			m.pending = append(m.pending, Change{Addr: addr, Up: true, Reason: "removed from the configuration", At: now})
 		}
 	}
-	for addr, t := range thresholds {
-		st := m.states[addr]
-		if st == nil {
-			st = &addrState{addr: addr}
-			st.up.Store(true)
-			m.states[addr] = st
-		}
-		st.passiveThreshold = t
-	}
+}
+
+// startMissing starts a checker for each key of wants that has none: a
+// restarted one with its old verdict, a new one with its address's state.
+// The caller holds m.mu.
+func (m *Manager) startMissing(wants map[checkerKey]Spec, verdicts map[checkerKey]bool) {
 	for key, spec := range wants {
 		if _, ok := m.checkers[key]; ok {
 			continue
@@ -195,17 +236,6 @@ func (m *Manager) Update(pools []PoolSpec) {
 		m.wg.Add(1)
 		go c.run(cctx)
 	}
-	for st, pool := range touched {
-		m.recompute(st, pool, fmt.Sprintf("health check of pool %q removed", pool), now)
-	}
-	snap := maps.Clone(m.states)
-	m.snap.Store(&snap)
-	m.mu.Unlock()
-
-	for _, c := range stopped {
-		<-c.done
-	}
-	m.flush()
 }
 
 // ReportFailure tells passive checking that the proxy could not reach addr,
