@@ -175,43 +175,8 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 	defer close(w.done)
 	defer fw.Close()
 	log := in.log.Named("watch")
-	sums := map[string]fileSum{}
-	// track takes the files of the configuration applied: new ones are
-	// hashed as they are now, and the directories follow the symlinks as
-	// they point now.
-	track := func(fs []string) {
-		files = fs
-		for f := range sums {
-			if !slices.Contains(files, f) {
-				delete(sums, f)
-			}
-		}
-		for _, f := range files {
-			if _, ok := sums[f]; !ok {
-				sums[f] = sumFile(f)
-			}
-		}
-		want := watchDirs(files)
-		// A removed directory drops out of the watch list by itself.
-		for _, d := range fw.WatchList() {
-			if !want[d] {
-				_ = fw.Remove(d)
-			}
-		}
-		watched := map[string]bool{}
-		for _, d := range fw.WatchList() {
-			watched[d] = true
-		}
-		for d := range want {
-			if watched[d] {
-				continue
-			}
-			if err := fw.Add(d); err != nil {
-				log.Warn("cannot watch a directory of the configuration", zap.String("dir", d), zap.Error(err))
-			}
-		}
-	}
-	track(files)
+	wf := &fileWatch{fw: fw, log: log, sums: map[string]fileSum{}}
+	wf.track(files)
 	log.Info("watching the configuration", zap.Strings("files", files))
 
 	debounce := time.NewTimer(time.Hour)
@@ -222,7 +187,7 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 		case <-ctx.Done():
 			return
 		case fs := <-w.resync:
-			track(fs)
+			wf.track(fs)
 		case _, ok := <-fw.Events:
 			if !ok {
 				return
@@ -234,16 +199,7 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 			}
 			log.Warn("watching the configuration", zap.Error(err))
 		case <-debounce.C:
-			var changed []string
-			for _, f := range files {
-				if s := sumFile(f); s != sums[f] {
-					sums[f] = s
-					changed = append(changed, f)
-				}
-			}
-			// A swapped "..data" symlink points at a new directory: watch
-			// it, and stop watching the removed one.
-			track(files)
+			changed := wf.changed()
 			if len(changed) == 0 {
 				if ce := log.Check(zap.DebugLevel, "configuration touched; no content changed"); ce != nil {
 					ce.Write()
@@ -257,4 +213,64 @@ func (in *instance) watchLoop(ctx context.Context, fw *fsnotify.Watcher, w *conf
 			}
 		}
 	}
+}
+
+// fileWatch is what watchLoop follows: the files of the configuration
+// applied, their content sums, and the directories watched for them. It
+// belongs to watchLoop's goroutine.
+type fileWatch struct {
+	fw    *fsnotify.Watcher
+	log   *zap.Logger
+	files []string
+	sums  map[string]fileSum
+}
+
+// track takes the files of the configuration applied: new ones are hashed
+// as they are now, and the directories follow the symlinks as they point
+// now.
+func (wf *fileWatch) track(files []string) {
+	wf.files = files
+	for f := range wf.sums {
+		if !slices.Contains(files, f) {
+			delete(wf.sums, f)
+		}
+	}
+	for _, f := range files {
+		if _, ok := wf.sums[f]; !ok {
+			wf.sums[f] = sumFile(f)
+		}
+	}
+	want := watchDirs(files)
+	// A removed directory drops out of the watch list by itself.
+	for _, d := range wf.fw.WatchList() {
+		if !want[d] {
+			_ = wf.fw.Remove(d)
+		}
+	}
+	watched := map[string]bool{}
+	for _, d := range wf.fw.WatchList() {
+		watched[d] = true
+	}
+	for d := range want {
+		if watched[d] {
+			continue
+		}
+		if err := wf.fw.Add(d); err != nil {
+			wf.log.Warn("cannot watch a directory of the configuration", zap.String("dir", d), zap.Error(err))
+		}
+	}
+}
+
+// changed returns the files whose content changed since last seen, and
+// follows a swapped "..data" symlink to its new directory.
+func (wf *fileWatch) changed() []string {
+	var changed []string
+	for _, f := range wf.files {
+		if s := sumFile(f); s != wf.sums[f] {
+			wf.sums[f] = s
+			changed = append(changed, f)
+		}
+	}
+	wf.track(wf.files)
+	return changed
 }
