@@ -42,6 +42,15 @@ type Config struct {
 	// load balancers take that long to stop sending new connections.
 	// Default 0.
 	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
+	// PIDFile, when set, is where the process writes its PID once it
+	// serves (written whole, by rename); the new process of a binary
+	// upgrade (SIGUSR2) rewrites it. Relative to the config file. Default
+	// "" (none).
+	PIDFile string `yaml:"pid_file"`
+	// UpgradeTimeout bounds a binary upgrade (SIGUSR2): a new process not
+	// ready this long after its start is killed, and the old one serves
+	// on. Default 30s.
+	UpgradeTimeout time.Duration `yaml:"upgrade_timeout"`
 }
 
 // Listener is an address the proxy accepts clients on.
@@ -357,8 +366,9 @@ type Health struct {
 // set.
 func defaults() *Config {
 	return &Config{
-		Admin: Admin{Address: "127.0.0.1:9090"},
-		Log:   Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
+		Admin:          Admin{Address: "127.0.0.1:9090"},
+		UpgradeTimeout: 30 * time.Second,
+		Log:            Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
 		Admission: Admission{
 			MaxHeaderBytes: 8 << 10,
 			RetryAfter:     5 * time.Second,

@@ -620,3 +620,35 @@ func TestShutdownDefaults(t *testing.T) {
 		t.Fatalf("watch_config %v, shutdown_delay %v, token_file %q: want off", c.WatchConfig, c.ShutdownDelay, c.Admin.TokenFile)
 	}
 }
+
+// pid_file is relative to the config file and its directory must exist;
+// upgrade_timeout defaults to 30s and must be positive.
+func TestUpgradeKeys(t *testing.T) {
+	c, err := Load(testdata + "good-minimal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PIDFile != "" || c.UpgradeTimeout != 30*time.Second {
+		t.Fatalf("pid_file %q, upgrade_timeout %v: want none and 30s", c.PIDFile, c.UpgradeTimeout)
+	}
+	dir := t.TempDir()
+	const base = "routes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\nlisteners: [{address: \":8080\"}]\n"
+	c, err = Parse(filepath.Join(dir, "config.yaml"), []byte(base+"pid_file: run/wsproxy.pid\nupgrade_timeout: 5s\n"))
+	if err == nil || !strings.Contains(err.Error(), "pid_file: "+filepath.Join(dir, "run", "wsproxy.pid")+": its directory") {
+		t.Fatalf("a pid_file in a missing directory: %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Parse(filepath.Join(dir, "config.yaml"), []byte(base+"pid_file: run/wsproxy.pid\nupgrade_timeout: 5s\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PIDFile != filepath.Join(dir, "run", "wsproxy.pid") || c.UpgradeTimeout != 5*time.Second {
+		t.Fatalf("pid_file %q, upgrade_timeout %v", c.PIDFile, c.UpgradeTimeout)
+	}
+	_, err = Parse(filepath.Join(dir, "config.yaml"), []byte(base+"upgrade_timeout: 0s\n"))
+	if err == nil || !strings.Contains(err.Error(), "upgrade_timeout: 0s: want more than 0") {
+		t.Fatalf("upgrade_timeout 0: %v", err)
+	}
+}

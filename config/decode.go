@@ -636,6 +636,7 @@ func (d *decoder) resolvePaths() {
 		abs("pools."+name+".tls.key_file", &p.TLS.KeyFile)
 	}
 	abs("admin.token_file", &d.cfg.Admin.TokenFile)
+	abs("pid_file", &d.cfg.PIDFile)
 	if dir, err := filepath.Abs(d.dir); err == nil {
 		d.dir = dir
 	}

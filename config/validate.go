@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,14 @@ func (d *decoder) validate() {
 	d.validateAdmission()
 	if c.ShutdownDelay > 10*time.Minute {
 		d.failAt("shutdown_delay", "%v is longer than 10m: load balancers stop sending within seconds", c.ShutdownDelay)
+	}
+	if c.UpgradeTimeout <= 0 || c.UpgradeTimeout > 10*time.Minute {
+		d.failAt("upgrade_timeout", "%v: want more than 0 and at most 10m", c.UpgradeTimeout)
+	}
+	if c.PIDFile != "" {
+		if fi, err := os.Stat(filepath.Dir(c.PIDFile)); err != nil || !fi.IsDir() {
+			d.failAt("pid_file", "%s: its directory %s does not exist", c.PIDFile, filepath.Dir(c.PIDFile))
+		}
 	}
 	d.validateLimits("defaults", c.Defaults)
 	d.validateRoutes()
