@@ -82,6 +82,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	stopping  atomic.Bool
+	// handover: another process accepts on the same sockets (Handover).
+	handover atomic.Bool
 
 	ctx    context.Context // ends at Shutdown; drains stop with it
 	cancel context.CancelFunc
@@ -302,6 +304,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.pollers.Close()
 	return err
+}
+
+// Handover is Shutdown for a binary upgrade: another process accepts on
+// the same listening sockets now, so an upgrade request read from a
+// connection this one had already accepted is proxied, and its session
+// closed at once with the drain code, rather than refused with 503.
+func (s *Server) Handover(ctx context.Context) error {
+	s.handover.Store(true)
+	return s.Shutdown(ctx)
 }
 
 // serveHTTP routes one request.

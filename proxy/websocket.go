@@ -83,7 +83,7 @@ func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
 		ctx.Error("websocket: origin not allowed", fasthttp.StatusForbidden)
 		return false
 	}
-	if s.stopping.Load() {
+	if s.stopping.Load() && !s.handover.Load() {
 		s.stats.HandshakeShuttingDown.Add(1)
 		refuse(ctx, fasthttp.StatusServiceUnavailable, "proxy is shutting down", 5)
 		return false
@@ -286,7 +286,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	s.metrics.started(ss)
 	s.stats.SessionsStarted.Add(1)
 	if s.stopping.Load() {
-		ss.Close(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "proxy shutting down")
+		ss.drainClose(s.table.Load().drainCloseCode, "proxy shutting down")
 	}
 	if err := ss.Start(s.pollers.Pick()); err != nil {
 		s.log.Error("session could not start", zap.Error(err))

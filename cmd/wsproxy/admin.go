@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -69,6 +70,7 @@ func (in *instance) collectors() []prometheus.Collector {
 		in.srv.Collector(),
 		in.discovered.mgr,
 		&in.reloads,
+		upgradeCollector{in.up},
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -144,6 +146,12 @@ type statusReport struct {
 	// name, the last answer, its age and the failed lookups. The other
 	// pools' backends are the ones the file lists.
 	Discovery []discovery.PoolStatus `json:"discovery"`
+	// PID and Generation are this process's: generation 1 when started by
+	// hand, one more at each binary upgrade. Previous is the process this
+	// one replaced while it still drains, else null.
+	PID        int             `json:"pid"`
+	Generation int             `json:"generation"`
+	Previous   *previousStatus `json:"previous"`
 }
 
 func (a *adminServer) report() statusReport {
@@ -161,6 +169,9 @@ func (a *adminServer) report() statusReport {
 		ReloadsFailed:     a.in.reloads.failed.Load(),
 		RestartPending:    a.in.pendingRestart(),
 		Discovery:         a.in.discovered.mgr.Status(),
+		PID:               os.Getpid(),
+		Generation:        a.in.up.gen(),
+		Previous:          a.in.up.previousReport(),
 	}
 }
 

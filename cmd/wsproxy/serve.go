@@ -41,7 +41,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	inst := &instance{path: path, stderr: stderr}
+	up, err := processUpgrader(cfg.UpgradeTimeout)
+	if err != nil {
+		fmt.Fprintf(stderr, "wsproxy: %v\n", err)
+		return 1
+	}
+	inst := &instance{path: path, stderr: stderr, up: up}
 	return inst.serve(cfg, nil)
 }
 
@@ -76,6 +81,13 @@ type instance struct {
 	reloadReqs chan reloadRequest
 	changed    chan struct{}
 	stopped    chan struct{}
+
+	// up starts binary upgrades on SIGUSR2; nil for the demo. upgrades
+	// carries an upgrade's result to the signal loop; handoff is the pipe
+	// to the new process once it serves.
+	up       *upgrader
+	upgrades chan upgradeResult
+	handoff  *os.File
 
 	// ready is closed once every listener is up; for tests and the demo.
 	ready     chan struct{}
@@ -129,6 +141,9 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.reloadReqs = make(chan reloadRequest)
 	in.changed = make(chan struct{}, 1)
 	in.stopped = make(chan struct{})
+	in.upgrades = make(chan upgradeResult, 1)
+	// An upgrade in progress is killed when this process stops.
+	defer in.up.stop()
 
 	// Certificates are checked before anything listens.
 	in.tls = make([]*tlsconf.Server, len(cfg.Listeners))
@@ -165,7 +180,8 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		// have the proxy's pings and read timeout, plain HTTP its idle
 		// timeout, and keep-alive costs four setsockopt calls per
 		// connection.
-		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", l.Address)
+		// After a binary upgrade the socket is the old process's.
+		ln, err := in.up.listen(l.Address, &net.ListenConfig{KeepAlive: -1})
 		if err != nil {
 			closeAll()
 			fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
@@ -179,7 +195,7 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	}
 	var adminLn net.Listener
 	if cfg.Admin.Address != "" {
-		ln, err := net.Listen("tcp", cfg.Admin.Address)
+		ln, err := in.up.listen(cfg.Admin.Address, &net.ListenConfig{})
 		if err != nil {
 			closeAll()
 			fmt.Fprintf(in.stderr, "wsproxy: admin: %v\n", err)
@@ -212,6 +228,17 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.srv = srv
 	in.started = cfg
 	in.running = cfg
+	if cfg.PIDFile != "" {
+		if err := writePIDFile(cfg.PIDFile); err != nil {
+			closeAll()
+			if adminLn != nil {
+				adminLn.Close()
+			}
+			fmt.Fprintf(in.stderr, "wsproxy: pid_file: %v\n", err)
+			return 1
+		}
+		defer removePIDFile(cfg.PIDFile)
+	}
 	go trimMemory(ctx, in.log)
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
@@ -244,17 +271,22 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		}()
 	}
 	in.log.Info("wsproxy started", zap.String("version", versionString()),
-		zap.Stringers("listeners", in.addrs), zap.Stringer("admin", in.adminAddr))
+		zap.Stringers("listeners", in.addrs), zap.Stringer("admin", in.adminAddr),
+		zap.Int("pid", os.Getpid()), zap.Int("generation", in.up.gen()))
 	close(in.ready)
 	if in.admin != nil {
 		in.admin.setReady()
+	}
+	// The old process, if this one replaces it, stops accepting now.
+	if err := in.up.ready(); err != nil {
+		in.log.Error("upgrade: could not tell the old process that this one is ready", zap.Error(err))
 	}
 	if onReady != nil {
 		onReady()
 	}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 	watch := in.watchConfig(ctx, cfg, nil)
 	code := 0
@@ -269,6 +301,14 @@ loop:
 			if sig == syscall.SIGHUP {
 				in.reload("signal")
 				watch = in.watchConfig(ctx, in.running, watch)
+				continue
+			}
+			if sig == syscall.SIGUSR2 {
+				if delay != nil {
+					in.log.Warn("SIGUSR2 ignored: shutting down")
+					continue
+				}
+				in.startUpgrade()
 				continue
 			}
 			if delay != nil {
@@ -291,6 +331,10 @@ loop:
 			delay = t.C
 		case <-delay:
 			break loop
+		case res := <-in.upgrades:
+			if in.upgradeEnded(res) {
+				break loop
+			}
 		case req := <-in.reloadReqs:
 			req.reply <- in.reload(req.source)
 			watch = in.watchConfig(ctx, in.running, watch)
@@ -306,8 +350,17 @@ loop:
 	close(in.stopped) // POST /reload answers 503 from now on
 	watch.stop()
 	in.discovered.stop() // no set is applied while sessions drain
+	in.up.stop()
+	if in.handoff != nil {
+		// The new process answers the admin address from now on; this
+		// one tells it how many sessions it still holds.
+		if in.admin != nil {
+			in.admin.close()
+		}
+		go reportLoop(ctx, in.handoff, in.srv)
+	}
 	if !hurried {
-		code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs))
+		code = max(code, in.shutdown(in.running.Defaults.DrainTimeout, sigs, in.handoff != nil))
 	}
 	if in.admin != nil {
 		in.admin.close()
@@ -330,30 +383,48 @@ func (in *instance) stopNow() {
 
 // shutdown drains sessions for up to timeout; a second signal ends at once,
 // closing the sessions left without their closing handshake (each is logged
-// with what its client saw), and a third does not wait for that.
-func (in *instance) shutdown(timeout time.Duration, sigs <-chan os.Signal) int {
+// with what its client saw), and a third does not wait for that. After an
+// upgrade (handover) no signal asked for the drain, so the first SIGTERM
+// or SIGINT changes nothing and the second ends it. SIGHUP and SIGUSR2
+// are ignored.
+func (in *instance) shutdown(timeout time.Duration, sigs <-chan os.Signal, handover bool) int {
 	if in.admin != nil {
 		in.admin.setNotReady()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- in.srv.Shutdown(ctx) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			in.log.Warn("drain deadline passed; closed the sessions left", zap.Error(err))
-		}
-		in.log.Info("stopped")
-		return 0
-	case sig := <-sigs:
-		in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
-		cancel()
+	drain := in.srv.Shutdown
+	if handover {
+		drain = in.srv.Handover
+	}
+	go func() { done <- drain(ctx) }()
+	for {
 		select {
-		case <-done:
-		case <-sigs:
+		case err := <-done:
+			if err != nil {
+				in.log.Warn("drain deadline passed; closed the sessions left", zap.Error(err))
+			}
+			in.log.Info("stopped")
+			return 0
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP || sig == syscall.SIGUSR2 {
+				in.log.Warn("signal ignored: draining", zap.Stringer("signal", sig))
+				continue
+			}
+			if handover {
+				handover = false
+				in.log.Info("already draining after an upgrade; a second signal ends the drain at once", zap.Stringer("signal", sig))
+				continue
+			}
+			in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
+			cancel()
+			select {
+			case <-done:
+			case <-sigs:
+			}
+			return 1
 		}
-		return 1
 	}
 }
 
