@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -102,11 +103,22 @@ func (d *drainPlan) offsets(n int) []time.Duration {
 	return out
 }
 
+// Between messages. Neither peer may send data after a Close (RFC 6455
+// section 5.5.1), so a Close sent while a request or its answer is on its
+// way loses it. A session that moved data in the last drainQuiet when its
+// moment comes is closed at its first pause that long instead, at most
+// drainQuietMax later. Past the window's end it waits only while ctx
+// leaves twice as long for the closing handshakes.
+const (
+	drainQuiet    = 100 * time.Millisecond
+	drainQuietMax = time.Second
+)
+
 // drain runs a plan that claim marked: it closes each session still
-// marked for it at its moment, and the rest when the window ends or ctx is
-// done. Sessions reprieved, taken over by another plan or ended on their
-// own are passed by without a wait. It returns when every close has been
-// started.
+// marked for it at its moment (or at its next pause, see drainQuiet), and
+// the rest when the window ends or ctx is done. Sessions reprieved, taken
+// over by another plan or ended on their own are passed by without a
+// wait. It returns when every close has been started.
 func (s *Server) drain(ctx context.Context, d drainPlan) {
 	if len(d.sessions) == 0 {
 		return
@@ -115,6 +127,15 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 	s.log.Info("draining sessions", zap.Int("sessions", len(d.sessions)),
 		zap.Duration("window", d.window), zap.Float64("rate", d.rate), zap.String("reason", d.reason))
 	start := time.Now()
+	end := start.Add(d.window + drainQuietMax)
+	if deadline, ok := ctx.Deadline(); ok {
+		end = start.Add(d.window)
+		if slack := deadline.Sub(end) / 2; slack > 0 {
+			end = end.Add(min(slack, drainQuietMax))
+		}
+	}
+	var busy sync.WaitGroup // sessions waiting for a pause
+	defer busy.Wait()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
@@ -134,8 +155,40 @@ func (s *Server) drain(ctx context.Context, d drainPlan) {
 				return
 			}
 		}
+		if !ss.Done() && ss.SinceData() < drainQuiet {
+			until := time.Now().Add(drainQuietMax)
+			if until.After(end) {
+				until = end
+			}
+			busy.Add(1)
+			go s.drainAtPause(ctx, &d, ss, until, &busy)
+			continue
+		}
 		s.drainOne(&d, ss)
 	}
+}
+
+// drainAtPause closes ss once no data has moved either way for
+// drainQuiet, or at until, or when ctx is done.
+func (s *Server) drainAtPause(ctx context.Context, d *drainPlan, ss *session, until time.Time, wg *sync.WaitGroup) {
+	defer wg.Done()
+	timer := time.NewTimer(drainQuiet)
+	defer timer.Stop()
+	for {
+		quiet := ss.SinceData()
+		left := time.Until(until)
+		if quiet >= drainQuiet || left <= 0 || ss.Done() {
+			break
+		}
+		timer.Reset(min(drainQuiet-quiet, left))
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			s.drainOne(d, ss)
+			return
+		}
+	}
+	s.drainOne(d, ss)
 }
 
 // drainPlans are the plans of one drain decision, one per pool, so that

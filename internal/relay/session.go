@@ -184,6 +184,10 @@ func (s *Session) Finish() { s.finish() }
 // Done reports whether the session has finished.
 func (s *Session) Done() bool { return s.done.Load() }
 
+// SinceData is how long ago the last data frame was read from either side
+// (or the session started, before the first).
+func (s *Session) SinceData() time.Duration { return time.Duration(monoNow() - s.lastData.Load()) }
+
 // Counts returns the data messages and the bytes (frames whole, control
 // frames included) read from a side so far.
 func (s *Session) Counts(from Side) (messages, bytes int64) {
