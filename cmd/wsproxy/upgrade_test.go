@@ -1,0 +1,578 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
+	"golang.org/x/sys/unix"
+)
+
+// The new process of an upgrade is the old one's child; once the old one
+// exits it would be handed to init. The test process becomes a subreaper
+// so that it inherits it instead, and can wait for its exit status.
+var subreaperOnce sync.Once
+
+func becomeSubreaper(t *testing.T) {
+	t.Helper()
+	var err error
+	subreaperOnce.Do(func() { err = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) })
+	if err != nil {
+		t.Fatalf("PR_SET_CHILD_SUBREAPER: %v", err)
+	}
+}
+
+// upgradableBinary copies the test binary into a directory of its own, so
+// that a test can install another build over it as an operator would.
+func upgradableBinary(t *testing.T) string {
+	t.Helper()
+	src, err := os.ReadFile(wsproxyBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "wsproxy")
+	if err := os.WriteFile(p, src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// install builds wsproxy with version v and renames it over path, the way
+// a package manager replaces a binary that is running.
+func install(t *testing.T, path, v string) {
+	t.Helper()
+	tmp := path + ".new"
+	out, err := exec.Command("go", "build", "-race", "-ldflags", "-X main.version="+v, "-o", tmp, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startUpgradable runs bin with its output in a pipe of the test's own rather
+// than exec's copying goroutine: the new process of an upgrade inherits
+// that output and outlives the old one, whose Wait must not wait for it.
+func startUpgradable(t *testing.T, bin string, args ...string) *process {
+	t.Helper()
+	becomeSubreaper(t)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = w, w
+	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	go func() {
+		io.Copy(p.stderr, r)
+		r.Close()
+	}()
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// adopted is a process the test inherited as subreaper: the new process
+// of an upgrade.
+type adopted struct {
+	pid  int
+	done chan struct{}
+	code int // exit code once done is closed; -1 if killed by a signal
+}
+
+// adopt waits for pid in the background; t's cleanup kills it if it is
+// still running.
+func adopt(t *testing.T, pid int) *adopted {
+	t.Helper()
+	a := &adopted{pid: pid, done: make(chan struct{})}
+	go func() {
+		defer close(a.done)
+		var ws unix.WaitStatus
+		for {
+			_, err := unix.Wait4(pid, &ws, 0, nil)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				a.code = -2
+				return
+			}
+			if ws.Exited() || ws.Signaled() {
+				break
+			}
+		}
+		a.code = ws.ExitStatus()
+		if ws.Signaled() {
+			a.code = -1
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-a.done:
+		default:
+			unix.Kill(pid, unix.SIGKILL)
+			<-a.done
+		}
+	})
+	return a
+}
+
+// waitPIDFile waits until path names a PID other than not, and returns it.
+func waitPIDFile(t *testing.T, path string, not int) int {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if pid := readPIDFile(path); pid != 0 && pid != not {
+			return pid
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never named a process other than %d", path, not)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// seqSession is a client that sends numbered messages one at a time: the
+// next goes a pause after the last one's echo, and none after a Close has
+// been read. So every message it sent must come back, in order, before
+// the proxy's Close, if the proxy closes between messages.
+type seqSession struct {
+	user           string
+	backend        string
+	sent, answered atomic.Int64
+	// Set when the session ends:
+	closeCode int
+	closedAt  time.Time
+	err       error
+	done      chan struct{}
+	// lastSent is when the last message went out, for a failure's report.
+	lastSent atomic.Int64
+}
+
+func (s *seqSession) run(c *websocket.Conn, pause time.Duration) {
+	defer close(s.done)
+	defer c.Close()
+	echoed := make(chan struct{}, 1)
+	closed := make(chan struct{})
+	writer := make(chan struct{})
+	go s.write(c, pause, echoed, closed, writer)
+	s.read(c, echoed)
+	close(closed)
+	<-writer
+}
+
+func (s *seqSession) write(c *websocket.Conn, pause time.Duration, echoed, closed, done chan struct{}) {
+	defer close(done)
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	for seq := 0; ; seq++ {
+		select {
+		case <-closed:
+			return
+		default:
+		}
+		if c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf("%s#%d", s.user, seq))) != nil {
+			return // the reader sees why
+		}
+		s.sent.Add(1)
+		s.lastSent.Store(time.Now().UnixNano())
+		select {
+		case <-echoed:
+		case <-closed:
+			return
+		}
+		t.Reset(pause)
+		select {
+		case <-t.C:
+		case <-closed:
+			return
+		}
+	}
+}
+
+func (s *seqSession) read(c *websocket.Conn, echoed chan<- struct{}) {
+	for seq := 0; ; seq++ {
+		_, got, err := c.ReadMessage()
+		if err != nil {
+			s.closedAt = time.Now()
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				s.closeCode = ce.Code
+			} else {
+				s.err = err
+			}
+			return
+		}
+		name, echo, _ := strings.Cut(string(got), ":")
+		if want := fmt.Sprintf("%s#%d", s.user, seq); echo != want {
+			s.err = fmt.Errorf("want %q back, got %q", want, got)
+			return
+		}
+		if s.backend == "" {
+			s.backend = name
+		}
+		s.answered.Add(1)
+		echoed <- struct{}{}
+	}
+}
+
+// connector opens sessions one after another without a pause, each
+// exchanging one message, and records every attempt that failed: a
+// refused or reset connection, a handshake answered with anything but 101,
+// an exchange cut by anything but the drain's Close.
+type connector struct {
+	attempts, drained atomic.Int64
+	mu                sync.Mutex
+	failures          []string
+	done              chan struct{}
+}
+
+func (k *connector) run(url string, drainCode int, stop <-chan struct{}) {
+	defer close(k.done)
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		k.attempts.Add(1)
+		if err := k.once(&d, fmt.Sprintf("%s?user=k%d", url, i), drainCode); err != nil {
+			k.mu.Lock()
+			k.failures = append(k.failures, fmt.Sprintf("%s: %v", time.Now().Format("15:04:05.000"), err))
+			k.mu.Unlock()
+		}
+	}
+}
+
+func (k *connector) once(d *websocket.Dialer, url string, drainCode int) error {
+	c, resp, err := d.Dial(url, nil)
+	if err != nil {
+		if resp != nil {
+			return fmt.Errorf("handshake: %s", resp.Status)
+		}
+		return err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte("hello")); err != nil {
+		return err
+	}
+	_, got, err := c.ReadMessage()
+	var ce *websocket.CloseError
+	switch {
+	case errors.As(err, &ce) && ce.Code == drainCode:
+		k.drained.Add(1) // accepted by the old process as it stopped
+		return nil
+	case err != nil:
+		return err
+	case !strings.HasSuffix(string(got), ":hello"):
+		return fmt.Errorf("got %q", got)
+	}
+	return c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(1000, ""), time.Now().Add(time.Second))
+}
+
+func (k *connector) failed() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.failures...)
+}
+
+// countingBackend is an echo backend, like echoBackend, that records how
+// many messages each user's session brought it before it ended: what the
+// proxy forwarded before its Close.
+type countingBackend struct {
+	addr string
+	mu   sync.Mutex
+	got  map[string]int // user -> messages, once the session has ended
+}
+
+func newCountingBackend(t *testing.T, name string) *countingBackend {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &countingBackend{addr: ln.Addr().String(), got: map[string]int{}}
+	up := websocket.FastHTTPUpgrader{CheckOrigin: func(*fasthttp.RequestCtx) bool { return true }}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		user := string(ctx.QueryArgs().Peek("user"))
+		_ = up.Upgrade(ctx, func(c *websocket.Conn) {
+			defer c.Close()
+			n := 0
+			defer func() {
+				b.mu.Lock()
+				b.got[user] = n
+				b.mu.Unlock()
+			}()
+			for {
+				mt, msg, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				n++
+				if c.WriteMessage(mt, append([]byte(name+":"), msg...)) != nil {
+					return
+				}
+			}
+		})
+	}}
+	go srv.Serve(ln) //nolint:errcheck
+	t.Cleanup(func() { srv.Shutdown() })
+	return b
+}
+
+// received returns the messages user's ended session brought, and whether
+// it has ended.
+func (b *countingBackend) received(user string) (int, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, ok := b.got[user]
+	return n, ok
+}
+
+const upgradeConfig = `
+listeners: [{address: %q}]
+admin: {address: %q}
+pid_file: %q
+upgrade_timeout: %s
+log: {level: info, access_log: false}
+admission: {max_sessions: 2000, max_connections: 500}
+defaults: {drain_timeout: %s, drain_close_code: 1012}
+routes:
+  - {path: /, pool: p, hash_key: "query:user"}
+pools:
+  p: {backends: [{address: %q}, {address: %q}]}
+`
+
+// status fetches /status from the admin address.
+func status(t *testing.T, admin string) statusReport {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st statusReport
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// TestUpgradeUnderLoad is issue 22's test: 300 sessions exchange numbered
+// messages and a client connects without pause while a new build is
+// installed over the binary and SIGUSR2 upgrades the process. No attempt
+// fails; every old session is closed with the drain code, spread over
+// drain_timeout, with every message it sent echoed first; the old process
+// exits 0; pid_file names the new one, which runs the new build, says it is
+// generation 2 and serves new sessions.
+func TestUpgradeUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	const (
+		sessions = 300
+		drain    = 2 * time.Second
+	)
+	bin := upgradableBinary(t)
+	cb1, cb2 := newCountingBackend(t, "b1"), newCountingBackend(t, "b2")
+	b1, b2 := cb1.addr, cb2.addr
+	listen, admin := freePort(t), freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
+	cfgPath := writeConfig(t, fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "20s", drain, b1, b2))
+	p := startUpgradable(t, bin, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	oldPID := p.cmd.Process.Pid
+	if got := readPIDFile(pidFile); got != oldPID {
+		t.Fatalf("pid_file names %d, want %d", got, oldPID)
+	}
+
+	var all []*seqSession
+	dialer := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	for i := 0; i < sessions; i++ {
+		s := &seqSession{user: fmt.Sprintf("u%d", i), done: make(chan struct{})}
+		c, _, err := dialer.Dial("ws://"+listen+"/?user="+s.user, nil)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		all = append(all, s)
+		go s.run(c, 150*time.Millisecond)
+	}
+	waitFor(t, "every session answered", func() bool {
+		for _, s := range all {
+			if s.answered.Load() < 1 {
+				return false
+			}
+		}
+		return true
+	})
+	stop := make(chan struct{})
+	k := &connector{done: make(chan struct{})}
+	go k.run("ws://"+listen+"/", 1012, stop)
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-k.done
+	}()
+	waitFor(t, "the connector's first sessions", func() bool { return k.attempts.Load() > 20 })
+
+	install(t, bin, "v2-upgraded")
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	newPID := waitPIDFile(t, pidFile, oldPID)
+	t.Cleanup(func() { unix.Kill(newPID, unix.SIGKILL) })
+	drainAt := drainStart(t, p, sessions)
+	// While the old process drains, the admin address answers from the
+	// new one, which says how many sessions the old one still holds.
+	// The count falls as the drain goes.
+	sawPrevious := int64(-1)
+	for time.Since(drainAt) < drain {
+		st := status(t, admin)
+		if st.PID == newPID && st.Previous != nil && st.Previous.PID == oldPID && st.Previous.Generation == 1 &&
+			st.Previous.Sessions > 0 && st.Previous.Sessions < sessions {
+			sawPrevious = st.Previous.Sessions
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if sawPrevious < 0 {
+		t.Errorf("the new process's /status never showed the old one's sessions falling during its drain")
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("old process: %v\n%s", p.err, p.stderr.String())
+		}
+	case <-time.After(drain + 5*time.Second):
+		t.Fatalf("old process still running %v after the drain began\n%s", time.Since(drainAt), p.stderr.String())
+	}
+	t.Logf("old process exited 0 %v after its drain began; the new one showed %d of its sessions left", time.Since(drainAt).Round(time.Millisecond), sawPrevious)
+	np := adopt(t, newPID) // this test's child now
+	// The connector goes on a little against the new process alone.
+	n := k.attempts.Load()
+	waitFor(t, "attempts after the old process exited", func() bool { return k.attempts.Load() > n+20 })
+	close(stop)
+	<-k.done
+	if f := k.failed(); len(f) > 0 {
+		t.Errorf("%d of %d connection attempts failed during the upgrade:\n%s", len(f), k.attempts.Load(), strings.Join(f, "\n"))
+	}
+	t.Logf("connector: %d attempts, none failed; %d accepted by the old process as it stopped, and drained", k.attempts.Load(), k.drained.Load())
+
+	// No message lost: every message the backend got came back before the
+	// Close. A message may only cross the proxy's Close on the wire (sent
+	// after the Close left the proxy, which then must drop it, RFC 6455
+	// section 5.5.1): it never reached the backend, and the Close came
+	// right after it was sent.
+	backends := map[string]*countingBackend{"b1": cb1, "b2": cb2}
+	var tenths [10]int
+	lost, crossed := 0, 0
+	for _, s := range all {
+		<-s.done
+		if s.err != nil || s.closeCode != 1012 {
+			t.Errorf("session %s: code %d, err %v", s.user, s.closeCode, s.err)
+			continue
+		}
+		var got int
+		waitFor(t, "the backend's end of session "+s.user, func() bool {
+			n, ended := backends[s.backend].received(s.user)
+			got = n
+			return ended
+		})
+		sent, echoed := int(s.sent.Load()), int(s.answered.Load())
+		sinceSent := s.closedAt.Sub(time.Unix(0, s.lastSent.Load()))
+		switch {
+		case echoed != got:
+			lost += got - echoed
+			t.Errorf("session %s: the backend got %d messages, %d came back before the Close", s.user, got, echoed)
+		case sent == got+1 && sinceSent < 100*time.Millisecond:
+			crossed++
+		case sent != got:
+			lost += sent - got
+			t.Errorf("session %s: sent %d messages, the backend got %d; the Close came %v after the last", s.user, sent, got, sinceSent)
+		}
+		at := s.closedAt.Sub(drainAt)
+		tenths[min(max(int(at*10/drain), 0), 9)]++
+	}
+	if crossed > sessions/10 {
+		t.Errorf("%d of %d sessions sent a message that crossed the Close: the closes do not wait for a pause", crossed, sessions)
+	}
+	for i, n := range tenths {
+		if n > sessions/5 {
+			t.Errorf("%d of %d sessions closed in tenth %d of drain_timeout: %v", n, sessions, i, tenths)
+		}
+	}
+	t.Logf("closes per tenth of drain_timeout: %v; messages lost: %d; sessions whose last message crossed the Close: %d", tenths, lost, crossed)
+
+	// pid_file names the new process, which runs the new build.
+	if got := readPIDFile(pidFile); got != newPID {
+		t.Fatalf("pid_file names %d, want the new process %d", got, newPID)
+	}
+	st := status(t, admin)
+	if st.PID != newPID || st.Generation != 2 || st.Version != "v2-upgraded" || st.Previous != nil {
+		t.Errorf("new process /status: pid %d generation %d version %q previous %+v", st.PID, st.Generation, st.Version, st.Previous)
+	}
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"wsproxy_generation 2\n", "wsproxy_previous_generation_sessions 0\n"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	c, _, err := dialer.Dial("ws://"+listen+"/?user=after", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := exchange(t, c, "x"); !strings.HasSuffix(got, ":x") {
+		t.Fatalf("new process: got %q", got)
+	}
+	c.Close()
+
+	unix.Kill(newPID, unix.SIGTERM)
+	select {
+	case <-np.done:
+		if np.code != 0 {
+			t.Fatalf("new process exit %d\n%s", np.code, p.stderr.String())
+		}
+	case <-time.After(drain + 5*time.Second):
+		t.Fatal("new process still running after SIGTERM")
+	}
+	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
+		t.Errorf("pid_file left after the last process stopped: %v", err)
+	}
+}
