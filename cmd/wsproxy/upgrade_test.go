@@ -426,7 +426,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 			t.Fatalf("session %d: %v", i, err)
 		}
 		all = append(all, s)
-		go s.run(c, 150*time.Millisecond)
+		go s.run(c, 300*time.Millisecond)
 	}
 	waitFor(t, "every session answered", func() bool {
 		for _, s := range all {
@@ -515,7 +515,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		switch {
 		case echoed != got:
 			lost += got - echoed
-			t.Errorf("session %s: the backend got %d messages, %d came back before the Close", s.user, got, echoed)
+			t.Errorf("session %s: the backend got %d messages, %d came back before the Close, %v into the drain",
+				s.user, got, echoed, s.closedAt.Sub(drainAt).Round(time.Millisecond))
 		case sent == got+1 && sinceSent < 100*time.Millisecond:
 			crossed++
 		case sent != got:
