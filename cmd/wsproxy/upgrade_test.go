@@ -371,8 +371,17 @@ defaults: {drain_timeout: %s, drain_close_code: 1012}
 routes:
   - {path: /, pool: p, hash_key: "query:user"}
 pools:
-  p: {backends: [{address: %q}, {address: %q}]}
+  p: {backends: [%s]}
 `
+
+// backendList is the backends of upgradeConfig's pool.
+func backendList(addrs ...string) string {
+	var parts []string
+	for _, a := range addrs {
+		parts = append(parts, fmt.Sprintf("{address: %q}", a))
+	}
+	return strings.Join(parts, ", ")
+}
 
 // status fetches /status from the admin address.
 func status(t *testing.T, admin string) statusReport {
@@ -409,7 +418,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	b1, b2 := cb1.addr, cb2.addr
 	listen, admin := freePort(t), freePort(t)
 	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
-	cfgPath := writeConfig(t, fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "20s", drain, b1, b2))
+	cfgPath := writeConfig(t, fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "20s", drain, backendList(b1, b2)))
 	p := startUpgradable(t, bin, "-config", cfgPath)
 	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
 	oldPID := p.cmd.Process.Pid
@@ -575,5 +584,274 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	}
 	if _, err := os.Stat(pidFile); !os.IsNotExist(err) {
 		t.Errorf("pid_file left after the last process stopped: %v", err)
+	}
+}
+
+// checkServing checks that a session open before step still exchanges
+// and that a new one opens and exchanges.
+func checkServing(t *testing.T, c *websocket.Conn, listen, step string) {
+	t.Helper()
+	if got := exchange(t, c, step); !strings.HasSuffix(got, ":"+step) {
+		t.Fatalf("%s: the old session got %q", step, got)
+	}
+	n, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/?user="+step, nil)
+	if err != nil {
+		t.Fatalf("%s: a new session: %v", step, err)
+	}
+	if got := exchange(t, n, step); !strings.HasSuffix(got, ":"+step) {
+		t.Fatalf("%s: a new session got %q", step, got)
+	}
+	n.Close()
+}
+
+// metric returns the value of a metric line without labels.
+func metric(t *testing.T, admin, name string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("/metrics has no %s", name)
+	return ""
+}
+
+// A new process whose config is invalid exits at once, saying why; the
+// old one logs that the upgrade failed and serves on untouched: its
+// sessions, new sessions, a client connecting throughout, pid_file.
+func TestUpgradeWithBadConfigKeepsServing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := upgradableBinary(t)
+	b := newCountingBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
+	cfgPath := writeConfig(t, fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "10s", "2s", backendList(b.addr)))
+	p := startUpgradable(t, bin, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/?user=old", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkServing(t, c, listen, "before")
+	stop := make(chan struct{})
+	k := &connector{done: make(chan struct{})}
+	go k.run("ws://"+listen+"/", 1012, stop)
+	defer func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+		<-k.done
+	}()
+
+	// Line 3 of the file names a pool that does not exist.
+	if err := os.WriteFile(cfgPath, []byte("listeners: [{address: \""+listen+"\"}]\nroutes:\n  - {path: /, pool: nosuch}\npools: {p: {backends: [{address: \""+b.addr+"\"}]}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	waitLog(t, p, "upgrade failed")
+	out := p.stderr.String()
+	if !strings.Contains(out, "exited: exit status 1") || !strings.Contains(out, "this process serves on") {
+		t.Errorf("the old process's log does not say the new one exited and it serves on:\n%s", out)
+	}
+	if !strings.Contains(out, filepath.Base(cfgPath)+":3: ") || !strings.Contains(out, "nosuch") {
+		t.Errorf("the log does not say why the new process failed (the file, line 3, the pool):\n%s", out)
+	}
+	checkServing(t, c, listen, "after")
+	n := k.attempts.Load()
+	waitFor(t, "more attempts after the failed upgrade", func() bool { return k.attempts.Load() > n+20 })
+	close(stop)
+	<-k.done
+	if f := k.failed(); len(f) > 0 {
+		t.Errorf("%d of %d connection attempts failed:\n%s", len(f), k.attempts.Load(), strings.Join(f, "\n"))
+	}
+	if got := readPIDFile(pidFile); got != p.cmd.Process.Pid {
+		t.Errorf("pid_file names %d, want the old process %d", got, p.cmd.Process.Pid)
+	}
+	st := status(t, admin)
+	if st.PID != p.cmd.Process.Pid || st.Generation != 1 || st.Previous != nil {
+		t.Errorf("/status: pid %d generation %d previous %+v", st.PID, st.Generation, st.Previous)
+	}
+	if v := metric(t, admin, "wsproxy_upgrades_failed_total"); v != "1" {
+		t.Errorf("wsproxy_upgrades_failed_total %s, want 1", v)
+	}
+	t.Logf("%d attempts, none failed", k.attempts.Load())
+}
+
+// A new binary that hangs is killed after upgrade_timeout and the old
+// process serves on. Meanwhile a second SIGUSR2 is refused with a log line
+// and SIGHUP still reloads. Then, with the real binary back, an upgrade
+// succeeds; SIGTERM and SIGHUP sent to the old process while it drains do
+// not cut the drain short, and it exits 0 once drain_timeout is over.
+func TestUpgradeTimeoutAndSignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := upgradableBinary(t)
+	real, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newCountingBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
+	render := func(extraRoute string) string {
+		cfg := fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "1s", "3s", backendList(b.addr))
+		return strings.Replace(cfg, "routes:\n", "routes:\n"+extraRoute, 1)
+	}
+	cfgPath := writeConfig(t, render(""))
+	p := startUpgradable(t, bin, "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	oldPID := p.cmd.Process.Pid
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/?user=old", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkServing(t, c, listen, "before")
+
+	// A "binary" that never gets ready.
+	hang := bin + ".hang"
+	if err := os.WriteFile(hang, []byte("#!/bin/sh\nexec sleep 60\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(hang, bin); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	waitLog(t, p, "upgrade: starting a new process")
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	waitLog(t, p, "SIGUSR2 ignored: an upgrade is already in progress")
+	if err := os.WriteFile(cfgPath, []byte(render("  - {path: /two, pool: p}\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, p, "configuration reloaded")
+	if strings.Contains(p.stderr.String(), "upgrade failed") {
+		t.Fatal("the upgrade ended before upgrade_timeout; the reload was not tested during it")
+	}
+	two, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/two?user=two", nil)
+	if err != nil {
+		t.Fatalf("the route the reload added: %v", err)
+	}
+	two.Close()
+	waitLog(t, p, "upgrade failed")
+	if out := p.stderr.String(); !strings.Contains(out, "timed out") {
+		t.Errorf("the log does not say the new process timed out:\n%s", out)
+	}
+	checkServing(t, c, listen, "after-timeout")
+	if got := readPIDFile(pidFile); got != oldPID {
+		t.Errorf("pid_file names %d, want %d", got, oldPID)
+	}
+
+	// The real binary back: this upgrade succeeds. Another session stops
+	// reading, so the drain lasts all of drain_timeout.
+	if err := os.WriteFile(bin+".real", real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(bin+".real", bin); err != nil {
+		t.Fatal(err)
+	}
+	deaf, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/?user=deaf", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer deaf.Close()
+	if got := exchange(t, deaf, "x"); !strings.HasSuffix(got, ":x") {
+		t.Fatalf("got %q", got)
+	}
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	newPID := waitPIDFile(t, pidFile, oldPID)
+	t.Cleanup(func() { unix.Kill(newPID, unix.SIGKILL) })
+	drainStart(t, p, 2)
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitLog(t, p, "already draining after an upgrade")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog(t, p, "signal ignored: draining")
+	_, _, err = c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 1012 {
+		t.Fatalf("the session that reads got %v, want the drain's Close 1012", err)
+	}
+	select {
+	case <-p.done:
+		if p.err != nil {
+			t.Fatalf("old process: %v\n%s", p.err, p.stderr.String())
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatalf("old process still running %v after SIGTERM", time.Since(start))
+	}
+	np := adopt(t, newPID)
+	if got := readPIDFile(pidFile); got != newPID {
+		t.Errorf("pid_file names %d, want %d", got, newPID)
+	}
+	// The new process reloads on SIGHUP too.
+	unix.Kill(newPID, unix.SIGHUP)
+	waitLogCount(t, p, "configuration reloaded", 2)
+	checkServing(t, websocketDial(t, listen, "new"), listen, "new-process")
+	unix.Kill(newPID, unix.SIGTERM)
+	<-np.done
+	if np.code != 0 {
+		t.Fatalf("new process exit %d", np.code)
+	}
+}
+
+func websocketDial(t *testing.T, listen, user string) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/?user="+user, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// SIGHUP and SIGUSR2 during a drain are ignored, with a log line: only a
+// second SIGTERM or SIGINT ends the drain at once.
+func TestSignalsDuringDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	b := newCountingBackend(t, "b1")
+	listen, admin := freePort(t), freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
+	cfgPath := writeConfig(t, fmt.Sprintf(upgradeConfig, listen, admin, pidFile, "10s", "60s", backendList(b.addr)))
+	p := startUpgradable(t, wsproxyBinary(t), "-config", cfgPath)
+	waitHTTP(t, p, "http://"+admin+"/readyz", 200)
+	for i := 0; i < 3; i++ {
+		c := websocketDial(t, listen, fmt.Sprintf("u%d", i))
+		if got := exchange(t, c, "x"); !strings.HasSuffix(got, ":x") {
+			t.Fatalf("got %q", got)
+		}
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitLog(t, p, "draining sessions")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	p.cmd.Process.Signal(syscall.SIGUSR2)
+	waitLogCount(t, p, "signal ignored: draining", 2)
+	select {
+	case <-p.done:
+		t.Fatalf("exited during the drain after SIGHUP and SIGUSR2: %v", p.err)
+	default:
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running 10s after the second SIGTERM")
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit %d after a second SIGTERM, want 1", code)
 	}
 }
