@@ -84,6 +84,9 @@ type Server struct {
 	stopping  atomic.Bool
 	// handover: another process accepts on the same sockets (Handover).
 	handover atomic.Bool
+	// upgrading counts upgrade handshakes from their first backend dial
+	// until their session has started or they failed.
+	upgrading atomic.Int64
 
 	ctx    context.Context // ends at Shutdown; drains stop with it
 	cancel context.CancelFunc
@@ -293,23 +296,54 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.drainMu.Unlock()
 	s.drain(ctx, d)
 	err := s.sessions.wait(ctx)
+	var herr error
+	httpWaited := false
+	if err == nil && s.handover.Load() {
+		// Handover serves the handshakes read from connections accepted
+		// before the listeners closed: fasthttp waits for their
+		// handlers, and they, and the sessions they start (closed at
+		// once), end before the backends' context does.
+		herr, httpWaited = <-httpDone, true
+		if err = s.waitUpgrades(ctx); err == nil {
+			err = s.sessions.wait(ctx)
+		}
+	}
 	if err != nil {
 		s.sessions.each(func(ss *session) { ss.Finish() })
 	}
 	s.cancel()
 	closeDropped(s.table.Load(), &table{}) // idle backend connections
 	s.drains.Wait()
-	if herr := <-httpDone; err == nil {
+	if !httpWaited {
+		herr = <-httpDone
+	}
+	if err == nil {
 		err = herr
 	}
 	s.pollers.Close()
 	return err
 }
 
+// waitUpgrades waits until no upgrade handshake is in flight, or ctx is
+// done. It polls: it runs once, at shutdown, and only when one is.
+func (s *Server) waitUpgrades(ctx context.Context) error {
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for s.upgrading.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
 // Handover is Shutdown for a binary upgrade: another process accepts on
 // the same listening sockets now, so an upgrade request read from a
 // connection this one had already accepted is proxied, and its session
-// closed at once with the drain code, rather than refused with 503.
+// closed at once with the drain code, rather than refused with 503; the
+// backends' context lasts until such handshakes are done.
 func (s *Server) Handover(ctx context.Context) error {
 	s.handover.Store(true)
 	return s.Shutdown(ctx)

@@ -97,6 +97,13 @@ func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
 // The handshakes end with the server's lifetime or the route's
 // handshake_timeout.
 func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, request []byte, tk *ticket) {
+	s.upgrading.Add(1)
+	started := false // then the hijack handler counts it out
+	defer func() {
+		if !started {
+			s.upgrading.Add(-1)
+		}
+	}()
 	hsCtx, cancel := context.WithTimeout(s.ctx, rt.limits.HandshakeTimeout)
 	defer cancel()
 	var tried []*balancer.Backend
@@ -129,6 +136,7 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, reques
 			return
 		}
 		s.startSession(ctx, rt, b, conn, answer, *tk)
+		started = true
 		*tk = ticket{} // the session holds it now
 		return
 	}
@@ -242,6 +250,7 @@ type rawConner interface{ UnsafeConn() net.Conn }
 // the bytes the client sent behind its handshake out of fasthttp's buffer,
 // detaches the connection and hands both sockets to a session.
 func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
+	defer s.upgrading.Add(-1) // its session runs, or it failed
 	fail := func(err error) {
 		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
 		_ = c.Close()
