@@ -145,98 +145,29 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	// An upgrade in progress is killed when this process stops.
 	defer in.up.stop()
 
-	// Certificates are checked before anything listens.
-	in.tls = make([]*tlsconf.Server, len(cfg.Listeners))
-	for i, l := range cfg.Listeners {
-		if l.TLS == nil {
-			continue
-		}
-		ts, errs := listenerTLS(i, l.TLS)
-		for _, err := range errs {
-			fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
-		}
-		if errs != nil {
-			return 1
-		}
-		in.tls[i] = ts
+	token, errs := in.prepare(cfg)
+	for _, err := range errs {
+		fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
 	}
-
-	token, err := readToken(cfg.Admin)
+	if errs != nil {
+		return 1
+	}
+	ls, err := in.listen(cfg)
 	if err != nil {
 		fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
 		return 1
 	}
-
-	// Listen first, so a port in use is a one-line error before anything
-	// else starts.
-	var listeners []net.Listener
-	closeAll := func() {
-		for _, ln := range listeners {
-			ln.Close()
-		}
-	}
-	for i, l := range cfg.Listeners {
-		// No TCP keep-alive on client connections: WebSocket sessions
-		// have the proxy's pings and read timeout, plain HTTP its idle
-		// timeout, and keep-alive costs four setsockopt calls per
-		// connection.
-		// After a binary upgrade the socket is the old process's.
-		ln, err := in.up.listen(l.Address, &net.ListenConfig{KeepAlive: -1})
-		if err != nil {
-			closeAll()
-			fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
-			return 1
-		}
-		in.addrs = append(in.addrs, ln.Addr())
-		if in.tls[i] != nil {
-			ln = proxy.WrapListener(ln, in.tls[i].Config())
-		}
-		listeners = append(listeners, ln)
-	}
-	var adminLn net.Listener
-	if cfg.Admin.Address != "" {
-		ln, err := in.up.listen(cfg.Admin.Address, &net.ListenConfig{})
-		if err != nil {
-			closeAll()
-			fmt.Fprintf(in.stderr, "wsproxy: admin: %v\n", err)
-			return 1
-		}
-		adminLn = ln
-		in.adminAddr = ln.Addr()
-	}
-
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	in.backends = balancer.NewRegistry()
 	in.health = health.NewManager(ctx, health.Config{Setter: in.backends, Logger: in.log.Named("health")})
 	defer in.health.Close()
-
-	srv, err := proxy.New(proxy.Config{
-		Config:   cfg,
-		Logger:   in.log,
-		Backends: in.backends,
-		Health:   in.health,
-	})
-	if err != nil {
-		closeAll()
-		if adminLn != nil {
-			adminLn.Close()
-		}
+	if err := in.startProxy(cfg); err != nil {
+		ls.close()
 		fmt.Fprintf(in.stderr, "wsproxy: %v\n", err)
 		return 1
 	}
-	in.srv = srv
-	in.started = cfg
-	in.running = cfg
 	if cfg.PIDFile != "" {
-		if err := writePIDFile(cfg.PIDFile); err != nil {
-			closeAll()
-			if adminLn != nil {
-				adminLn.Close()
-			}
-			fmt.Fprintf(in.stderr, "wsproxy: pid_file: %v\n", err)
-			return 1
-		}
 		defer removePIDFile(cfg.PIDFile)
 	}
 	go trimMemory(ctx, in.log)
@@ -246,109 +177,14 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.startDiscovery(ctx, cfg)
 
 	var wg sync.WaitGroup
-	serveErr := make(chan error, len(listeners)+1)
-	for _, ln := range listeners {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
-				serveErr <- err
-			}
-		}()
-	}
-	if adminLn != nil {
-		in.admin = newAdminServer(in)
-		in.admin.pprof.Store(cfg.Admin.Pprof)
-		in.admin.setToken(token)
-		go in.admin.history.sampleLoop(ctx)
-		if w := adminWarning(cfg.Admin); w != "" {
-			in.log.Warn(w)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = in.admin.serve(adminLn)
-		}()
-	}
-	in.log.Info("wsproxy started", zap.String("version", versionString()),
-		zap.Stringers("listeners", in.addrs), zap.Stringer("admin", in.adminAddr),
-		zap.Int("pid", os.Getpid()), zap.Int("generation", in.up.gen()))
-	close(in.ready)
-	if in.admin != nil {
-		in.admin.setReady()
-	}
-	// The old process, if this one replaces it, stops accepting now.
-	if err := in.up.ready(); err != nil {
-		in.log.Error("upgrade: could not tell the old process that this one is ready", zap.Error(err))
-	}
-	if onReady != nil {
-		onReady()
-	}
+	serveErr := in.startServing(ctx, cfg, ls, token, &wg)
+	in.announceReady(onReady)
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
-	watch := in.watchConfig(ctx, cfg, nil)
-	code := 0
-	// delay fires once shutdown_delay has passed after SIGTERM; until then
-	// the loop serves reloads as before, with /readyz at 503.
-	var delay <-chan time.Time
-	hurried := false // a second signal during the delay: no drain
-loop:
-	for {
-		select {
-		case sig := <-sigs:
-			if sig == syscall.SIGHUP {
-				in.reload("signal")
-				watch = in.watchConfig(ctx, in.running, watch)
-				continue
-			}
-			if sig == syscall.SIGUSR2 {
-				if delay != nil {
-					in.log.Warn("SIGUSR2 ignored: shutting down")
-					continue
-				}
-				in.startUpgrade()
-				continue
-			}
-			if delay != nil {
-				in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
-				in.stopNow()
-				code, hurried = 1, true
-				break loop
-			}
-			in.log.Info("shutting down", zap.Stringer("signal", sig))
-			d := in.running.ShutdownDelay
-			if d <= 0 {
-				break loop
-			}
-			if in.admin != nil {
-				in.admin.setNotReady()
-			}
-			in.log.Info("not ready; serving for shutdown_delay before the drain", zap.Duration("shutdown_delay", d))
-			t := time.NewTimer(d)
-			defer t.Stop()
-			delay = t.C
-		case <-delay:
-			break loop
-		case res := <-in.upgrades:
-			if in.upgradeEnded(res) {
-				break loop
-			}
-		case req := <-in.reloadReqs:
-			req.reply <- in.reload(req.source)
-			watch = in.watchConfig(ctx, in.running, watch)
-		case <-in.changed:
-			in.reload("watch")
-			watch = in.watchConfig(ctx, in.running, watch)
-		case err := <-serveErr:
-			in.log.Error("listener failed", zap.Error(err))
-			code = 1
-			break loop
-		}
-	}
-	close(in.stopped) // POST /reload answers 503 from now on
-	watch.stop()
+	code, hurried := in.signalLoop(ctx, cfg, sigs, serveErr)
+	close(in.stopped)    // POST /reload answers 503 from now on
 	in.discovered.stop() // no set is applied while sessions drain
 	in.up.stop()
 	if in.handoff != nil {
@@ -367,6 +203,210 @@ loop:
 	}
 	wg.Wait()
 	return code
+}
+
+// prepare checks what must be right before anything listens: every
+// listener's certificates and the admin token. It returns the token, or
+// every problem found.
+func (in *instance) prepare(cfg *config.Config) ([]byte, []error) {
+	in.tls = make([]*tlsconf.Server, len(cfg.Listeners))
+	for i, l := range cfg.Listeners {
+		if l.TLS == nil {
+			continue
+		}
+		ts, errs := listenerTLS(i, l.TLS)
+		if errs != nil {
+			return nil, errs
+		}
+		in.tls[i] = ts
+	}
+	token, err := readToken(cfg.Admin)
+	if err != nil {
+		return nil, []error{err}
+	}
+	return token, nil
+}
+
+// sockets are the listeners serve opened: the clients' (wrapped for TLS)
+// and the admin one, nil when off.
+type sockets struct {
+	clients []net.Listener
+	admin   net.Listener
+}
+
+func (ls *sockets) close() {
+	for _, ln := range ls.clients {
+		ln.Close()
+	}
+	if ls.admin != nil {
+		ls.admin.Close()
+	}
+}
+
+// listen opens every listener first, so a port in use is a one-line error
+// before anything else starts. After a binary upgrade the sockets are the
+// old process's.
+func (in *instance) listen(cfg *config.Config) (*sockets, error) {
+	ls := &sockets{}
+	for i, l := range cfg.Listeners {
+		// No TCP keep-alive on client connections: WebSocket sessions
+		// have the proxy's pings and read timeout, plain HTTP its idle
+		// timeout, and keep-alive costs four setsockopt calls per
+		// connection.
+		ln, err := in.up.listen(l.Address, &net.ListenConfig{KeepAlive: -1})
+		if err != nil {
+			ls.close()
+			return nil, err
+		}
+		in.addrs = append(in.addrs, ln.Addr())
+		if in.tls[i] != nil {
+			ln = proxy.WrapListener(ln, in.tls[i].Config())
+		}
+		ls.clients = append(ls.clients, ln)
+	}
+	if cfg.Admin.Address != "" {
+		ln, err := in.up.listen(cfg.Admin.Address, &net.ListenConfig{})
+		if err != nil {
+			ls.close()
+			return nil, fmt.Errorf("admin: %w", err)
+		}
+		ls.admin = ln
+		in.adminAddr = ln.Addr()
+	}
+	return ls, nil
+}
+
+// startProxy builds the proxy for cfg and writes pid_file.
+func (in *instance) startProxy(cfg *config.Config) error {
+	srv, err := proxy.New(proxy.Config{
+		Config:   cfg,
+		Logger:   in.log,
+		Backends: in.backends,
+		Health:   in.health,
+	})
+	if err != nil {
+		return err
+	}
+	in.srv = srv
+	in.started = cfg
+	in.running = cfg
+	if cfg.PIDFile != "" {
+		if err := writePIDFile(cfg.PIDFile); err != nil {
+			return fmt.Errorf("pid_file: %w", err)
+		}
+	}
+	return nil
+}
+
+// startServing serves every listener and the admin one on goroutines
+// counted in wg. The channel returned carries a listener's failure.
+func (in *instance) startServing(ctx context.Context, cfg *config.Config, ls *sockets, token []byte, wg *sync.WaitGroup) <-chan error {
+	serveErr := make(chan error, len(ls.clients)+1)
+	for _, ln := range ls.clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := in.srv.Serve(ln); err != nil && !errors.Is(err, proxy.ErrServerClosed) {
+				serveErr <- err
+			}
+		}()
+	}
+	if ls.admin != nil {
+		in.admin = newAdminServer(in)
+		in.admin.pprof.Store(cfg.Admin.Pprof)
+		in.admin.setToken(token)
+		go in.admin.history.sampleLoop(ctx)
+		if w := adminWarning(cfg.Admin); w != "" {
+			in.log.Warn(w)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = in.admin.serve(ls.admin)
+		}()
+	}
+	return serveErr
+}
+
+// announceReady logs the start, turns /readyz to 200, tells an old process
+// this one replaces to stop accepting, and runs onReady.
+func (in *instance) announceReady(onReady func()) {
+	in.log.Info("wsproxy started", zap.String("version", versionString()),
+		zap.Stringers("listeners", in.addrs), zap.Stringer("admin", in.adminAddr),
+		zap.Int("pid", os.Getpid()), zap.Int("generation", in.up.gen()))
+	close(in.ready)
+	if in.admin != nil {
+		in.admin.setReady()
+	}
+	if err := in.up.ready(); err != nil {
+		in.log.Error("upgrade: could not tell the old process that this one is ready", zap.Error(err))
+	}
+	if onReady != nil {
+		onReady()
+	}
+}
+
+// signalLoop serves signals, reload requests, the config watcher and
+// upgrades until the process is to stop. It returns the exit code so far,
+// and hurried when a second signal during shutdown_delay means no drain.
+func (in *instance) signalLoop(ctx context.Context, cfg *config.Config, sigs <-chan os.Signal, serveErr <-chan error) (code int, hurried bool) {
+	watch := in.watchConfig(ctx, cfg, nil)
+	defer func() { watch.stop() }()
+	// delay fires once shutdown_delay has passed after SIGTERM; until then
+	// the loop serves reloads as before, with /readyz at 503.
+	var delay <-chan time.Time
+	for {
+		select {
+		case sig := <-sigs:
+			switch {
+			case sig == syscall.SIGHUP:
+				in.reload("signal")
+				watch = in.watchConfig(ctx, in.running, watch)
+			case sig == syscall.SIGUSR2 && delay != nil:
+				in.log.Warn("SIGUSR2 ignored: shutting down")
+			case sig == syscall.SIGUSR2:
+				in.startUpgrade()
+			case delay != nil:
+				in.log.Warn("second signal: exiting at once", zap.Stringer("signal", sig))
+				in.stopNow()
+				return 1, true
+			default:
+				in.log.Info("shutting down", zap.Stringer("signal", sig))
+				if delay = in.delayShutdown(); delay == nil {
+					return 0, false
+				}
+			}
+		case <-delay:
+			return 0, false
+		case res := <-in.upgrades:
+			if in.upgradeEnded(res) {
+				return 0, false
+			}
+		case req := <-in.reloadReqs:
+			req.reply <- in.reload(req.source)
+			watch = in.watchConfig(ctx, in.running, watch)
+		case <-in.changed:
+			in.reload("watch")
+			watch = in.watchConfig(ctx, in.running, watch)
+		case err := <-serveErr:
+			in.log.Error("listener failed", zap.Error(err))
+			return 1, false
+		}
+	}
+}
+
+// delayShutdown starts shutdown_delay: /readyz answers 503 while the
+// listeners keep serving. It returns when the delay ends, nil for none.
+func (in *instance) delayShutdown() <-chan time.Time {
+	d := in.running.ShutdownDelay
+	if d <= 0 {
+		return nil
+	}
+	if in.admin != nil {
+		in.admin.setNotReady()
+	}
+	in.log.Info("not ready; serving for shutdown_delay before the drain", zap.Duration("shutdown_delay", d))
+	return time.After(d)
 }
 
 // stopNow closes every session at once, without the drain, for a second
