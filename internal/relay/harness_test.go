@@ -112,6 +112,7 @@ type peer struct {
 type rigOpts struct {
 	early, backendEarly []byte
 	rsv                 RSVRule
+	deadline            time.Time
 }
 
 // newRig starts a session relaying with limits. The goroutine-leak check
@@ -134,7 +135,8 @@ func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
 		limits.CloseTimeout = 2 * time.Second
 	}
 	err = r.s.Init(proxyClient, proxyBackend, &Options{Limits: limits,
-		ClientEarly: o.early, BackendEarly: o.backendEarly, Extensions: o.rsv, Hooks: r.hooks})
+		ClientEarly: o.early, BackendEarly: o.backendEarly, Extensions: o.rsv, Hooks: r.hooks,
+		Deadline: o.deadline, DeadlineReason: "token expired"})
 	if err != nil {
 		tb.Fatal(err)
 	}

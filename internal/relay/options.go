@@ -49,6 +49,14 @@ type Options struct {
 	Extensions RSVRule
 	// Hooks hear of the session's rare events; nil hears nothing.
 	Hooks Hooks
+	// Deadline, when set, closes the session at that time (a credential's
+	// expiry), on the session's own timer: both sides get DeadlineCode
+	// (0 means 1008, policy violation) and DeadlineReason, and the
+	// Timeout hook hears Deadline. A time already past closes it as soon
+	// as it starts.
+	Deadline       time.Time
+	DeadlineCode   int
+	DeadlineReason string
 }
 
 // Hooks hear of a session's rare events, never of a frame. They run on
@@ -86,4 +94,5 @@ const (
 	ReadTimeout Timeout = iota
 	IdleTimeout
 	WriteTimeout
+	Deadline // Options.Deadline
 )

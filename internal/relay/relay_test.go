@@ -190,3 +190,38 @@ func TestRelayIdleSessionHoldsNoGoroutine(t *testing.T) {
 			!strings.Contains(st, "relay.(*side).pump")
 	})
 }
+
+// Options.Deadline closes a session when it passes, not before: frames
+// flow until then, and both sides get 1008 with the reason; one already
+// past closes the session at once. The session's one timer serves it.
+func TestRelayDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   time.Duration
+	}{{"ahead", 300 * time.Millisecond}, {"already past", -time.Second}} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := plain()
+			l.PingInterval = time.Hour // a timer armed for later than the deadline
+			deadline := time.Now().Add(tc.in)
+			r := newRig(t, l, rigOpts{deadline: deadline})
+			if tc.in > 0 {
+				r.client.send(r.client.frame(true, wsframe.OpText, []byte("before")))
+				r.backend.expect(wsframe.OpText, "before")
+			}
+			for _, p := range []*peer{r.client, r.backend} {
+				code, reason := p.expectClose()
+				if code != wsframe.ClosePolicyViolation || reason != "token expired" {
+					t.Fatalf("got Close %d %q, want 1008 \"token expired\"", code, reason)
+				}
+				if now := time.Now(); now.Before(deadline) {
+					t.Fatalf("closed %v before the deadline", deadline.Sub(now))
+				}
+				p.send(p.closeFrame(code, ""))
+			}
+			r.waitEnded()
+			if r.s.ClosedBy() != PartyProxy || !r.hooks.has(fmt.Sprintf("timeout %d", Deadline)) {
+				t.Fatalf("closed by %s; events %v", r.s.ClosedBy(), r.hooks.list())
+			}
+		})
+	}
+}

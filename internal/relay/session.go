@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/poller"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
 // ErrNotSocket is returned by Init for a connection the relay cannot read
@@ -73,6 +74,10 @@ type Session struct {
 	closedBy      atomic.Int32
 	regMu         sync.Mutex // guards the sides' reg between Start and finish
 	timer         *time.Timer
+	// deadline is Options.Deadline in monotonic ns, 0 for none.
+	deadline       int64
+	deadlineCode   int
+	deadlineReason string
 
 	// ctrlTAT is the state of the client's control-frame budget (see
 	// allowControl), ctrlPonged the sequence number of the last relay
@@ -86,6 +91,13 @@ type Session struct {
 // connections are left to the caller.
 func (s *Session) Init(clientConn, backendConn net.Conn, o *Options) error {
 	s.limits, s.hooks, s.rsv = o.Limits, o.Hooks, o.Extensions
+	if !o.Deadline.IsZero() {
+		s.deadline = max(monoNow()+int64(time.Until(o.Deadline)), 1)
+		s.deadlineCode, s.deadlineReason = o.DeadlineCode, o.DeadlineReason
+		if s.deadlineCode == 0 {
+			s.deadlineCode = wsframe.ClosePolicyViolation
+		}
+	}
 	if s.hooks == nil {
 		s.hooks = noHooks{}
 	}

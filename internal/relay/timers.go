@@ -32,6 +32,11 @@ func (s *Session) tick() {
 // checkTimeouts closes the session on a read or idle timeout, or pings
 // the silent sides.
 func (s *Session) checkTimeouts(now int64) {
+	if s.deadline != 0 && now >= s.deadline {
+		s.hooks.Timeout(Deadline)
+		s.Close(s.deadlineCode, s.deadlineCode, s.deadlineReason)
+		return
+	}
 	l := s.limits
 	for _, x := range []*side{&s.client, &s.backend} {
 		if l.ReadTimeout > 0 && now-x.lastRead.Load() >= int64(l.ReadTimeout) {
@@ -61,6 +66,9 @@ func (s *Session) nextTick(now int64) time.Duration {
 		return max(time.Duration(s.closeDeadline.Load()-now), minTick)
 	}
 	next := int64(1<<62 - 1)
+	if s.deadline != 0 {
+		next = s.deadline
+	}
 	l := s.limits
 	for _, x := range []*side{&s.client, &s.backend} {
 		lr := x.lastRead.Load()
