@@ -106,6 +106,10 @@ type Log struct {
 	// AccessLogSample is the fraction of sessions and requests that get
 	// an access-log line, from 0 to 1. Default 1 (every one).
 	AccessLogSample float64 `yaml:"access_log_sample"`
+	// AccessLogIdentity names a request header (one that auth or jwt
+	// sets, like X-User-Id) whose value access-log lines carry as
+	// identity. Default empty: lines name no identity.
+	AccessLogIdentity string `yaml:"access_log_identity"`
 }
 
 // Admission caps who gets in: live sessions and handshake rates, counted
@@ -219,9 +223,59 @@ type Route struct {
 	// included; beyond it an upgrade gets 503 with Retry-After. 0
 	// (default) means no cap of its own.
 	MaxSessions int `yaml:"max_sessions"`
+	// Auth, when set, asks a forward-auth service about each request
+	// before it reaches a backend. Nil (default): no such check.
+	Auth *Auth `yaml:"auth"`
+	// JWT, when set, requires each request to carry a valid JSON Web
+	// Token. Nil (default): no token is needed.
+	JWT *JWT `yaml:"jwt"`
 	// Limits are the defaults with this route's overrides: any key of
 	// defaults may appear on a route.
 	Limits Limits `yaml:",inline"`
+}
+
+// Auth is a route's forward authentication: a GET to URL with the client's
+// headers decides whether a request goes on.
+type Auth struct {
+	// URL is the auth service's http or https URL. Required.
+	URL string `yaml:"url"`
+	// Timeout bounds one call to it. Default 2s.
+	Timeout time.Duration `yaml:"timeout"`
+	// CopyHeaders are copied from a 2xx answer onto the backend request;
+	// the client's own headers of these names are dropped.
+	CopyHeaders []string `yaml:"copy_headers"`
+	// CacheTTL keeps a 2xx answer this long, keyed on the request's
+	// credentials (Authorization, Cookie, Sec-WebSocket-Protocol and the
+	// query string). Default 0: no cache.
+	CacheTTL time.Duration `yaml:"cache_ttl"`
+	// OnError is what a request gets when the auth service cannot be
+	// reached or fails to answer: deny (default, 503) or allow.
+	OnError string `yaml:"on_error"`
+}
+
+// JWT is a route's token validation.
+type JWT struct {
+	// JWKSFile or JWKSURL holds the keys tokens are signed with: exactly
+	// one of them. A file is read at load and reload; a URL is fetched in
+	// the background every 5 minutes and, on a token with an unknown key
+	// id, at most every 30s, the last good keys kept.
+	JWKSFile string `yaml:"jwks_file"`
+	JWKSURL  string `yaml:"jwks_url"`
+	// Issuer, when set, must be the tokens' iss.
+	Issuer string `yaml:"issuer"`
+	// Audiences, when set, must include one of the tokens' aud.
+	Audiences []string `yaml:"audiences"`
+	// From is where the token is: header:NAME (a Bearer token; default
+	// header:Authorization), query:NAME or cookie:NAME.
+	From string `yaml:"from"`
+	// ClaimsToHeaders sets a header from a claim on the backend request,
+	// like {sub: X-User-Id}; the client's own headers of these names are
+	// dropped.
+	ClaimsToHeaders map[string]string `yaml:"claims_to_headers"`
+	// Leeway is the clock skew allowed on exp, nbf and iat; a session
+	// is closed (1008 "token expired") when exp plus Leeway passes.
+	// Default 30s.
+	Leeway time.Duration `yaml:"leeway"`
 }
 
 // HashKind is what a hash key reads.
@@ -402,6 +456,12 @@ func defaultPool() Pool {
 func defaultDiscovery() Discovery {
 	return Discovery{Type: "srv", Interval: 5 * time.Second, Hold: 30 * time.Second}
 }
+
+// defaultAuth is a route's auth block before its keys are read.
+func defaultAuth() Auth { return Auth{Timeout: 2 * time.Second, OnError: "deny"} }
+
+// defaultJWT is a route's jwt block before its keys are read.
+func defaultJWT() JWT { return JWT{From: "header:Authorization", Leeway: 30 * time.Second} }
 
 // defaultHealth is a pool's health block before its keys are read.
 func defaultHealth() Health {

@@ -390,6 +390,10 @@ func (d *decoder) initValue(v reflect.Value) {
 		*p = defaultListenerTLS()
 	case *Discovery:
 		*p = defaultDiscovery()
+	case *Auth:
+		*p = defaultAuth()
+	case *JWT:
+		*p = defaultJWT()
 	}
 }
 
@@ -634,6 +638,11 @@ func (d *decoder) resolvePaths() {
 		abs("pools."+name+".tls.ca_file", &p.TLS.CAFile)
 		abs("pools."+name+".tls.cert_file", &p.TLS.CertFile)
 		abs("pools."+name+".tls.key_file", &p.TLS.KeyFile)
+	}
+	for i := range d.cfg.Routes {
+		if j := d.cfg.Routes[i].JWT; j != nil {
+			abs(fmt.Sprintf("routes[%d].jwt.jwks_file", i), &j.JWKSFile)
+		}
 	}
 	abs("admin.token_file", &d.cfg.Admin.TokenFile)
 	abs("pid_file", &d.cfg.PIDFile)

@@ -36,6 +36,9 @@ func (d *decoder) validate() {
 	if !(c.Log.AccessLogSample >= 0 && c.Log.AccessLogSample <= 1) { // also refuses NaN
 		d.failAt("log.access_log_sample", "%v is not a fraction: want a number from 0 to 1", c.Log.AccessLogSample)
 	}
+	if n := c.Log.AccessLogIdentity; n != "" && !isTokenName(n) {
+		d.failAt("log.access_log_identity", "%q is not a header name", n)
+	}
 	d.validateAdmission()
 	if c.ShutdownDelay > 10*time.Minute {
 		d.failAt("shutdown_delay", "%v is longer than 10m: load balancers stop sending within seconds", c.ShutdownDelay)
@@ -290,6 +293,7 @@ func (d *decoder) validateRoutes() {
 		if r.MaxSessions < 0 {
 			d.failAt(path+".max_sessions", "must not be negative (0 means no cap of its own)")
 		}
+		d.validateIdentity(path, &c.Routes[i])
 		d.validateRouteLimits(path, r.Limits)
 	}
 }
