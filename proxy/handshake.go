@@ -151,6 +151,7 @@ type forwarded struct {
 	trusted  bool // the peer is a trusted proxy: extend its headers
 	proto    string
 	host     []byte
+	id       *identity // what authentication set; nil for none
 }
 
 // appendForwarded appends X-Forwarded-For, X-Forwarded-Proto,
@@ -218,8 +219,9 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 	dst = append(dst, " HTTP/1.1\r\nHost: "...)
 	dst = append(dst, f.host...)
 	dst = append(dst, "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"...)
-	dst = appendEndToEnd(dst, h, false)
+	dst = appendEndToEnd(dst, h, false, f.id)
 	dst = appendForwarded(dst, h, f, peer)
+	dst = f.id.appendHeaders(dst)
 	return append(dst, "\r\n"...)
 }
 
@@ -232,7 +234,10 @@ func appendUpgradeRequest(dst []byte, req *fasthttp.Request, f *forwarded, peer 
 // so that no header rides inside another and escapes the filter, and a
 // folded line, a name that is not a token or a bare CR, any of which would
 // read differently at the backend, is never passed on.
-func appendEndToEnd(dst []byte, h *fasthttp.RequestHeader, framing bool) []byte {
+//
+// Headers that authentication sets (id) are the proxy's: the client's own
+// of those names are left out.
+func appendEndToEnd(dst []byte, h *fasthttp.RequestHeader, framing bool, id *identity) []byte {
 	connection := h.PeekAll("Connection")
 	raw := h.RawHeaders()
 	for len(raw) > 0 {
@@ -249,7 +254,7 @@ func appendEndToEnd(dst []byte, h *fasthttp.RequestHeader, framing bool) []byte 
 			continue
 		}
 		name := line[:colon]
-		if skipHeader(name, connection) || framing &&
+		if skipHeader(name, connection) || id.dropped(name) || framing &&
 			(bytes.EqualFold(name, []byte("Content-Length")) || bytes.EqualFold(name, []byte("Expect"))) {
 			continue
 		}

@@ -68,6 +68,13 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	peer := clientAddr(ctx)
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
+	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
+	if ctx.IsTLS() {
+		f.proto = "https"
+	}
+	if !s.authenticate(ctx, rt, &f) {
+		return
+	}
 	key := rt.key.Hash(&ctx.Request, clientIP)
 	b := rt.pool.lb.PickUnbounded(key)
 	if b == nil {
@@ -76,10 +83,6 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	}
 	backend = b.Addr
 	pr.key, pr.b, pr.hc = key, b, rt.pool.clients[b.Addr]
-	f := forwarded{clientIP: clientIP, trusted: t.isTrusted(peer), host: h.Host(), proto: "http"}
-	if ctx.IsTLS() {
-		f.proto = "https"
-	}
 	bp := reqPool.Get().(*[]byte)
 	defer reqPool.Put(bp)
 	err := pr.build((*bp)[:0], &f, peer)
@@ -279,8 +282,9 @@ func appendProxyRequest(dst []byte, req *fasthttp.Request, pr *proxyRequest) []b
 		dst = append(dst, pr.backend...)
 	}
 	dst = append(dst, "\r\n"...)
-	dst = appendEndToEnd(dst, h, true)
+	dst = appendEndToEnd(dst, h, true, pr.id)
 	dst = appendForwarded(dst, h, &pr.forwarded, pr.peer)
+	dst = pr.id.appendHeaders(dst)
 	switch {
 	case pr.bodyLen < 0:
 		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)

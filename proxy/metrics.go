@@ -342,6 +342,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descBackendDraining, descHTTP, descHTTPBackendErrors, descNoRoute,
 		descLocalResources, descHTTPClientAborts, descHTTPRetries,
 		descConnections, descConnectionLimit, descAcceptPaused, descEvicted, descAcceptErrors,
+		descAuth,
 	} {
 		ch <- d
 	}
@@ -373,6 +374,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectFlows(e)
 	c.collectStats(e)
 	c.collectBackends(e)
+	c.collectAuth(e)
 	c.s.metrics.backendRTT.Collect(ch)
 	c.s.metrics.clientRTT.Collect(ch)
 }

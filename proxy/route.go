@@ -31,6 +31,11 @@ type table struct {
 	// drainCloseCode is the Close code clients get at shutdown.
 	drainCloseCode int
 	admission      admissionLimits
+	// verifiers run the routes' jwt key-set fetches.
+	verifiers *verifiers
+	// accessLogIdentity names the header whose authenticated value
+	// access-log lines carry; "" for none.
+	accessLogIdentity string
 }
 
 // route is one entry of the routing table.
@@ -45,6 +50,8 @@ type route struct {
 	metrics *routeMetrics
 	// maxSessions caps the route's tickets (metrics.admitted); 0: none.
 	maxSessions int64
+	// auth is the route's authentication; nil for none.
+	auth *routeAuth
 }
 
 // pool is a backend pool: the balancer and, for plain HTTP, one client per
@@ -100,6 +107,9 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		accessLogSample: c.Log.AccessLogSample,
 		drainCloseCode:  c.Defaults.DrainCloseCode,
 		admission:       newAdmissionLimits(c.Admission, s.budget),
+
+		verifiers:         &verifiers{byConf: map[string]*runningVerifier{}},
+		accessLogIdentity: c.Log.AccessLogIdentity,
 	}
 	lbConfigs := make(map[string]balancer.PoolConfig, len(c.Pools))
 	for _, name := range c.PoolNames() {
@@ -114,6 +124,14 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		lbConfigs[name] = lc
 		t.pools[name] = p
 	}
+	auths := make([]*routeAuth, len(c.Routes))
+	for i := range c.Routes {
+		var err error
+		if auths[i], err = s.buildAuth(&c.Routes[i], t.verifiers); err != nil {
+			retireAuth(t, old) // the key-set fetches this table started
+			return nil, err
+		}
+	}
 	// Nothing can fail from here on, so the balancers of pools that stay
 	// are updated in place (an unchanged pool costs next to nothing, and
 	// the old snapshot leaves the backends' load totals at once).
@@ -127,6 +145,7 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 	}
 	for i := range c.Routes {
 		t.routes = append(t.routes, s.buildRoute(&c.Routes[i], t))
+		t.routes[len(t.routes)-1].auth = auths[i]
 	}
 	sort.SliceStable(t.routes, func(i, j int) bool {
 		if len(t.routes[i].path) != len(t.routes[j].path) {

@@ -74,6 +74,7 @@ type Server struct {
 	// listener.go).
 	conns             connGate
 	acceptLog, capLog logLimiter
+	authLog           logLimiter // auth services unavailable
 	// headerBytes and readTimeout are fixed at start: fasthttp reads them
 	// per connection.
 	headerBytes int64
@@ -203,6 +204,7 @@ func (s *Server) Update(c *config.Config) error {
 		return err
 	}
 	s.table.Store(t)
+	retireAuth(old, t)
 	closeDropped(old, t)
 	s.applyBudget(old, t)
 	if c.Admission.MaxHeaderBytes != s.headerBytes || c.Defaults.HandshakeTimeout != s.readTimeout {
@@ -312,6 +314,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.sessions.each(func(ss *session) { ss.Finish() })
 	}
 	s.cancel()
+	retireAuth(s.table.Load(), nil)
 	closeDropped(s.table.Load(), &table{}) // idle backend connections
 	s.drains.Wait()
 	if !httpWaited {

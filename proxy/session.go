@@ -30,6 +30,7 @@ type session struct {
 	rm       *routeMetrics
 	bm       *backendMetrics
 	ticket   ticket // its place under the admission caps
+	identity *identity // what authentication gave it; nil for none
 
 	drainedBy  atomic.Uint32 // see drainPlan
 	exact      bool          // the route is exact
@@ -72,6 +73,8 @@ func (ss *session) Timeout(t relay.Timeout) {
 		ss.srv.stats.ReadTimeouts.Add(1)
 	case relay.WriteTimeout:
 		ss.srv.stats.WriteTimeouts.Add(1)
+	case relay.Deadline:
+		ss.srv.stats.Auth[0][authExpired].Add(1)
 	default:
 		ss.srv.stats.IdleTimeouts.Add(1)
 	}
@@ -129,5 +132,6 @@ func (ss *session) Ended() {
 		zap.Int64("backend_bytes", bb),
 		zap.Int32("close_code", int32(ss.CloseCode())),
 		zap.String("closed_by", ss.ClosedBy().String()),
+		identityField(s.table.Load(), ss.identity),
 	)
 }

@@ -74,6 +74,9 @@ type Stats struct {
 	// connections closed to make room.
 	AcceptPaused       atomic.Int64
 	ConnectionsEvicted atomic.Int64
+	// Auth counts authentication outcomes by step (authStepLabels) and
+	// outcome (authOutcomeLabels).
+	Auth [len(authStepLabels)][authOutcomes]atomic.Int64
 }
 
 // HandshakeLimited returns the upgrades refused by any admission limit.
@@ -110,6 +113,7 @@ func (s *Server) requestEnded(ctx *fasthttp.RequestCtx, rt *route, backend strin
 		zap.Int("status", status),
 		zap.Duration("duration", time.Since(start)),
 		zap.Int("content_length", responseLength(&ctx.Response)),
+		identityField(s.table.Load(), requestIdentity(ctx)),
 	)
 }
 

@@ -57,6 +57,9 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 	if ctx.IsTLS() {
 		f.proto = "https"
 	}
+	if !s.authenticate(ctx, rt, &f) {
+		return
+	}
 	bp := reqPool.Get().(*[]byte)
 	request := appendUpgradeRequest((*bp)[:0], &ctx.Request, &f, peer)
 	defer func() {
@@ -213,13 +216,14 @@ func (s *Server) startSession(ctx *fasthttp.RequestCtx, rt *route, b *balancer.B
 	limits, relayLimits := &rt.limits, &rt.relay // tables are never changed once published
 	routePath, exact, poolName := rt.path, rt.exact, rt.pool.name
 	rm, bm := rt.metrics, s.metrics.backend(b.Addr)
+	id := requestIdentity(ctx)
 	ctx.HijackSetNoResponse(true)
 	ctx.Hijack(func(c net.Conn) {
 		s.hijacked(c, hijackInfo{
 			route: routePath, exact: exact, pool: poolName, limits: limits, relayLimits: relayLimits, upstream: b,
 			rm: rm, bm: bm,
 			backend: backendConn, answer: a, peer: peer, handshakeTimeout: limits.HandshakeTimeout,
-			ticket: tk,
+			ticket: tk, identity: id,
 		})
 	})
 }
@@ -240,6 +244,7 @@ type hijackInfo struct {
 	peer             string
 	handshakeTimeout time.Duration
 	ticket           ticket
+	identity         *identity // nil: the route authenticates nobody
 }
 
 // rawConner is fasthttp's hijacked connection, which reads through the
@@ -273,7 +278,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		raw = rc.UnsafeConn()
 	}
 	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
-		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
+		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer, identity: hi.identity}
 	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
 	err = ss.Init(raw, hi.backend, &relay.Options{
 		Limits:       hi.relayLimits,
@@ -281,6 +286,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		BackendEarly: hi.answer.early,
 		Extensions:   relay.ExtensionRule(ext),
 		Hooks:        ss,
+		Deadline:     hi.identity.deadline(), DeadlineReason: "token expired",
 	})
 	if err != nil {
 		fail(err)
