@@ -349,4 +349,3 @@ func authRequestHeaders(out http.Header, req *fasthttp.Request, f *forwarded, id
 	out.Set("X-Forwarded-Method", string(h.Method()))
 	out.Set("X-Forwarded-Uri", string(h.RequestURI()))
 }
-

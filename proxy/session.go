@@ -29,7 +29,7 @@ type session struct {
 	proto    string // negotiated subprotocol
 	rm       *routeMetrics
 	bm       *backendMetrics
-	ticket   ticket // its place under the admission caps
+	ticket   ticket    // its place under the admission caps
 	identity *identity // what authentication gave it; nil for none
 
 	drainedBy  atomic.Uint32 // see drainPlan
