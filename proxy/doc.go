@@ -9,6 +9,8 @@
 //	server.go     Server: New, Serve, Update (reload), Shutdown, routing
 //	listener.go   the accept loop: backoff, the connection budget
 //	admission.go  which upgrades may become sessions: caps and rates
+//	auth.go       authentication before the backend choice: forward auth,
+//	              with authcache.go its cache, and jwt.go the JWT step
 //	handshake.go  the upgrade request to the backend and its answer
 //	websocket.go  serving an upgrade: attempts, refusals, starting a session
 //	session.go    a proxied session: the relay's, plus what the proxy
