@@ -26,15 +26,38 @@ type session struct {
 	upstream *balancer.Backend
 	start    time.Time
 	peer     string // client address for logs
-	proto    string // negotiated subprotocol
+	// about is what only some sessions have; nil for none.
+	about *sessionAbout
 	rm       *routeMetrics
 	bm       *backendMetrics
 	ticket   ticket    // its place under the admission caps
-	identity *identity // what authentication gave it; nil for none
 
 	drainedBy  atomic.Uint32 // see drainPlan
 	exact      bool          // the route is exact
 	unregister func()
+}
+
+// sessionAbout is what only some sessions have, behind a pointer so that
+// the others do not carry it.
+type sessionAbout struct {
+	proto    string    // negotiated subprotocol
+	identity *identity // what authentication gave it
+}
+
+// subprotocol is the session's negotiated subprotocol, or "".
+func (ss *session) subprotocol() string {
+	if ss.about == nil {
+		return ""
+	}
+	return ss.about.proto
+}
+
+// ident is the session's identity, or nil.
+func (ss *session) ident() *identity {
+	if ss.about == nil {
+		return nil
+	}
+	return ss.about.identity
 }
 
 // The session hears the relay's rare events (relay.Hooks).
@@ -124,7 +147,7 @@ func (ss *session) Ended() {
 		zap.String("route", ss.route),
 		zap.String("backend", ss.upstream.Addr),
 		zap.String("client", ss.peer),
-		zap.String("subprotocol", ss.proto),
+		zap.String("subprotocol", ss.subprotocol()),
 		zap.Duration("duration", time.Since(ss.start)),
 		zap.Int64("client_messages", cm),
 		zap.Int64("client_bytes", cb),
@@ -132,6 +155,6 @@ func (ss *session) Ended() {
 		zap.Int64("backend_bytes", bb),
 		zap.Int32("close_code", int32(ss.CloseCode())),
 		zap.String("closed_by", ss.ClosedBy().String()),
-		identityField(s.table.Load(), ss.identity),
+		identityField(s.table.Load(), ss.ident()),
 	)
 }

@@ -278,7 +278,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		raw = rc.UnsafeConn()
 	}
 	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
-		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer, identity: hi.identity}
+		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
 	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
 	err = ss.Init(raw, hi.backend, &relay.Options{
 		Limits:       hi.relayLimits,
@@ -292,8 +292,8 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		fail(err)
 		return
 	}
-	if v, ok := headerValue(hi.answer.head, "Sec-WebSocket-Protocol"); ok {
-		ss.proto = string(v)
+	if v, ok := headerValue(hi.answer.head, "Sec-WebSocket-Protocol"); ok || hi.identity != nil {
+		ss.about = &sessionAbout{proto: string(v), identity: hi.identity}
 	}
 	ss.ticket = hi.ticket
 	hi.upstream.Acquire()

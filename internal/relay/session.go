@@ -74,10 +74,8 @@ type Session struct {
 	closedBy      atomic.Int32
 	regMu         sync.Mutex // guards the sides' reg between Start and finish
 	timer         *time.Timer
-	// deadline is Options.Deadline in monotonic ns, 0 for none.
-	deadline       int64
-	deadlineCode   int
-	deadlineReason string
+	// deadline is Options.Deadline's, for the few sessions that have one.
+	deadline *deadline
 
 	// ctrlTAT is the state of the client's control-frame budget (see
 	// allowControl), ctrlPonged the sequence number of the last relay
@@ -86,16 +84,22 @@ type Session struct {
 	ctrlPonged uint32
 }
 
+// deadline is when a session is closed, with what (Options.Deadline).
+type deadline struct {
+	at     int64 // monotonic ns
+	code   int
+	reason string
+}
+
 // Init prepares s to relay between two connected sockets: each a TCP
 // connection or TLS over a Socket. On error s must not be used, and the
 // connections are left to the caller.
 func (s *Session) Init(clientConn, backendConn net.Conn, o *Options) error {
 	s.limits, s.hooks, s.rsv = o.Limits, o.Hooks, o.Extensions
 	if !o.Deadline.IsZero() {
-		s.deadline = max(monoNow()+int64(time.Until(o.Deadline)), 1)
-		s.deadlineCode, s.deadlineReason = o.DeadlineCode, o.DeadlineReason
-		if s.deadlineCode == 0 {
-			s.deadlineCode = wsframe.ClosePolicyViolation
+		s.deadline = &deadline{at: monoNow() + int64(time.Until(o.Deadline)), code: o.DeadlineCode, reason: o.DeadlineReason}
+		if s.deadline.code == 0 {
+			s.deadline.code = wsframe.ClosePolicyViolation
 		}
 	}
 	if s.hooks == nil {

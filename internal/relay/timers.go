@@ -32,9 +32,9 @@ func (s *Session) tick() {
 // checkTimeouts closes the session on a read or idle timeout, or pings
 // the silent sides.
 func (s *Session) checkTimeouts(now int64) {
-	if s.deadline != 0 && now >= s.deadline {
+	if d := s.deadline; d != nil && now >= d.at {
 		s.hooks.Timeout(Deadline)
-		s.Close(s.deadlineCode, s.deadlineCode, s.deadlineReason)
+		s.Close(d.code, d.code, d.reason)
 		return
 	}
 	l := s.limits
@@ -66,8 +66,8 @@ func (s *Session) nextTick(now int64) time.Duration {
 		return max(time.Duration(s.closeDeadline.Load()-now), minTick)
 	}
 	next := int64(1<<62 - 1)
-	if s.deadline != 0 {
-		next = s.deadline
+	if s.deadline != nil {
+		next = s.deadline.at
 	}
 	l := s.limits
 	for _, x := range []*side{&s.client, &s.backend} {
