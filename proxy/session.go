@@ -27,10 +27,10 @@ type session struct {
 	start    time.Time
 	peer     string // client address for logs
 	// about is what only some sessions have; nil for none.
-	about *sessionAbout
-	rm       *routeMetrics
-	bm       *backendMetrics
-	ticket   ticket    // its place under the admission caps
+	about  *sessionAbout
+	rm     *routeMetrics
+	bm     *backendMetrics
+	ticket ticket // its place under the admission caps
 
 	drainedBy  atomic.Uint32 // see drainPlan
 	exact      bool          // the route is exact
