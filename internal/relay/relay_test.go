@@ -210,7 +210,9 @@ func TestRelayDeadline(t *testing.T) {
 			}
 			for _, p := range []*peer{r.client, r.backend} {
 				code, reason := p.expectClose()
-				if code != wsframe.ClosePolicyViolation || reason != "token expired" {
+				// The backend may get the client's reply to the relay's
+				// Close rather than its own: the same code.
+				if code != wsframe.ClosePolicyViolation || reason != "token expired" && (p != r.backend || reason != "") {
 					t.Fatalf("got Close %d %q, want 1008 \"token expired\"", code, reason)
 				}
 				if now := time.Now(); now.Before(deadline) {
