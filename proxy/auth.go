@@ -205,8 +205,12 @@ type forwardAuth struct {
 // client.
 const maxAuthBody = 64 << 10
 
-// errAuthTooLarge is an auth answer whose body is over maxAuthBody.
-var errAuthTooLarge = errors.New("proxy: auth answer body too large")
+// Auth answers that are not relayed: a body over maxAuthBody, an
+// informational status.
+var (
+	errAuthTooLarge = errors.New("proxy: auth answer body too large")
+	errAuthStatus   = errors.New("proxy: auth answer of an informational status")
+)
 
 func newForwardAuth(a *config.Auth) *forwardAuth {
 	fa := &forwardAuth{url: a.URL, copy: a.CopyHeaders, allow: a.OnError == "allow"}
@@ -268,8 +272,10 @@ func (s *Server) forwardAuth(ctx *fasthttp.RequestCtx, rt *route, f *forwarded, 
 		id.set = append(id.set, vals...)
 		return true
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAuthBody+1))
-	if err == nil && len(body) > maxAuthBody {
+	var body []byte
+	if resp.StatusCode < 200 { // a 101 would tell the client it was upgraded
+		err = fmt.Errorf("%w: status %d", errAuthStatus, resp.StatusCode)
+	} else if body, err = io.ReadAll(io.LimitReader(resp.Body, maxAuthBody+1)); err == nil && len(body) > maxAuthBody {
 		err = errAuthTooLarge
 	}
 	if err != nil {

@@ -339,3 +339,33 @@ func TestAuthCacheBounded(t *testing.T) {
 	c.put("k", []header{{"X-User-Id", "a"}})
 	waitFor(t, "the entry to expire", func() bool { _, ok := c.get("k"); return !ok })
 }
+
+// Answers the proxy cannot relay as they are (a body over the bound, a
+// 101 that would tell the client it was upgraded) get 502, and still
+// reach no backend.
+func TestForwardAuthUnrelayable(t *testing.T) {
+	big := strings.Repeat("x", maxAuthBody+1)
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") == "big" {
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = io.WriteString(w, big)
+			return
+		}
+		w.Header().Set("Upgrade", "websocket")
+		w.Header().Set("Connection", "Upgrade")
+		w.WriteHeader(http.StatusSwitchingProtocols)
+	}))
+	defer as.Close()
+	b0, b1 := identityBackend(t, "b0"), identityBackend(t, "b1")
+	p := startProxy(t, authYAML(`{url: "`+as.URL+`"}`), b0.addr(), b1.addr())
+	addr := p.ln.Addr().String()
+	for _, auth := range []string{"big", "switch"} {
+		resp, body := rawExchange(t, addr, rawHandshake(addr, "/room", "Authorization: "+auth))
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s: %d %.80q", auth, resp.StatusCode, body)
+		}
+	}
+	if b0.conns+b1.conns != 0 {
+		t.Fatal("reached a backend")
+	}
+}
