@@ -27,7 +27,7 @@ type signer struct {
 	priv crypto.Signer
 }
 
-func newSigner(t *testing.T, kid string, alg jwt.SigningMethod) *signer {
+func newSigner(t testing.TB, kid string, alg jwt.SigningMethod) *signer {
 	t.Helper()
 	var priv crypto.Signer
 	var err error
@@ -45,7 +45,7 @@ func newSigner(t *testing.T, kid string, alg jwt.SigningMethod) *signer {
 	return &signer{kid: kid, alg: alg, priv: priv}
 }
 
-func (s *signer) sign(t *testing.T, claims jwt.MapClaims) string {
+func (s *signer) sign(t testing.TB, claims jwt.MapClaims) string {
 	t.Helper()
 	tok := jwt.NewWithClaims(s.alg, claims)
 	if s.kid != "" {
@@ -58,7 +58,7 @@ func (s *signer) sign(t *testing.T, claims jwt.MapClaims) string {
 	return out
 }
 
-func jwks(t *testing.T, ss ...*signer) []byte {
+func jwks(t testing.TB, ss ...*signer) []byte {
 	t.Helper()
 	var set jose.JSONWebKeySet
 	for _, s := range ss {
@@ -226,5 +226,26 @@ func TestVerifierRotation(t *testing.T) {
 	check(newSigner(t, "d", jwt.SigningMethodRS256), ErrUnknownKey)
 	if v.Fetches() != before {
 		t.Fatal("fetched again within MinRefetch")
+	}
+}
+
+// BenchmarkVerify measures one token's verification per algorithm.
+func BenchmarkVerify(b *testing.B) {
+	for _, alg := range []jwt.SigningMethod{jwt.SigningMethodRS256, jwt.SigningMethodES256, jwt.SigningMethodEdDSA} {
+		s := newSigner(b, "k", alg)
+		ks, err := ParseJWKS(jwks(b, s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		v, _ := New(Config{Keys: ks})
+		tok := s.sign(b, good(nil))
+		b.Run(alg.Alg(), func(b *testing.B) {
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if _, err := v.Verify(context.Background(), tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
