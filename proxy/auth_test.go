@@ -332,8 +332,11 @@ func TestAuthCacheBounded(t *testing.T) {
 	for i := 0; i < 3*authCacheEntries; i++ {
 		c.put(fmt.Sprint(i), nil)
 	}
-	if n := c.len(); n > authCacheEntries {
-		t.Fatalf("%d entries", n)
+	if n := c.len(); n > authCacheEntries || n < authCacheEntries/2 {
+		t.Fatalf("%d entries, want at most %d and most of that", n, authCacheEntries)
+	}
+	if _, ok := c.get(fmt.Sprint(3*authCacheEntries - 1)); !ok {
+		t.Fatal("the latest answer was not kept")
 	}
 	c = newAuthCache(time.Nanosecond)
 	c.put("k", []header{{"X-User-Id", "a"}})

@@ -22,6 +22,7 @@ const (
 	authCacheShards = 16
 	// authCacheEntries bounds the cache of one route.
 	authCacheEntries = 16384
+	authShardEntries = authCacheEntries / authCacheShards
 )
 
 type authShard struct {
@@ -62,14 +63,16 @@ func (c *authCache) put(key string, vals []header) {
 	now := time.Now()
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if len(sh.m) >= authCacheEntries/authCacheShards {
+	if len(sh.m) >= authShardEntries {
+		// One sweep makes room for a quarter of the shard, so that a
+		// full cache costs a sweep per quarter, not per answer.
 		for k, e := range sh.m {
 			if now.After(e.expires) {
 				delete(sh.m, k)
 			}
 		}
-		for k := range sh.m { // random order: drops one at random
-			if len(sh.m) < authCacheEntries/authCacheShards {
+		for k := range sh.m { // random order: drops entries at random
+			if len(sh.m) <= authShardEntries*3/4 {
 				break
 			}
 			delete(sh.m, k)
