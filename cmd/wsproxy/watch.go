@@ -99,6 +99,11 @@ func watchedFiles(path string, cfg *config.Config) []string {
 		t := cfg.Pools[name].TLS
 		files = append(files, t.CAFile, t.CertFile, t.KeyFile)
 	}
+	for _, r := range cfg.Routes {
+		if r.JWT != nil {
+			files = append(files, r.JWT.JWKSFile)
+		}
+	}
 	files = append(files, cfg.Admin.TokenFile)
 	files = slices.DeleteFunc(files, func(f string) bool { return f == "" })
 	slices.Sort(files)

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"testing"
 
+	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/internal/testpki"
 )
 
@@ -193,5 +194,25 @@ pools:
 	}
 	if got := served(); got != second.Cert.Subject.CommonName {
 		t.Fatalf("serving %q after the renewal, want %q", got, second.Cert.Subject.CommonName)
+	}
+}
+
+// A route's jwks_file is a file the config names: watch_config follows it,
+// so that keys rotated in a mounted Secret are read without a signal.
+func TestWatchedFilesNameJWKS(t *testing.T) {
+	dir := t.TempDir()
+	jwks := filepath.Join(dir, "jwks.json")
+	// An Ed25519 public key (RFC 8037 appendix A.2).
+	if err := os.WriteFile(jwks, []byte(`{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "config.yaml")
+	cfg, err := config.Parse(path, []byte("listeners: [{address: \":8080\"}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n"+
+		"routes: [{path: /, pool: p, jwt: {jwks_file: jwks.json}}]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := watchedFiles(path, cfg); !reflect.DeepEqual(got, []string{path, jwks}) {
+		t.Fatalf("watched %v", got)
 	}
 }
