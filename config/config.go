@@ -33,7 +33,7 @@ type Config struct {
 	// Pools are the backend pools, by name.
 	Pools map[string]*Pool `yaml:"pools"`
 	// WatchConfig reloads the configuration, as SIGHUP does, when the file
-	// or a file it names (certificates, keys, CAs, the admin token)
+	// or a file it names (certificates, keys, CAs, the admin token, JWKS files)
 	// changes, including through a symlink swapped as Kubernetes updates a
 	// mounted ConfigMap or Secret. Default false.
 	WatchConfig bool `yaml:"watch_config"`
