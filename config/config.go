@@ -63,9 +63,12 @@ type Listener struct {
 
 // ListenerTLS configures TLS termination.
 type ListenerTLS struct {
-	// Certificates are chosen by SNI: exact name, then wildcard, then the
-	// first. At least one. Relative paths are relative to the config file.
+	// Certificates are chosen by SNI: exact name, then an ACME domain,
+	// then wildcard, then the first. At least one unless ACME is set.
+	// Relative paths are relative to the config file.
 	Certificates []Certificate `yaml:"certificates"`
+	// ACME, when set, obtains and renews certificates for its domains.
+	ACME *ACME `yaml:"acme"`
 	// MinVersion is "1.2" (default) or "1.3".
 	MinVersion string `yaml:"min_version"`
 	// ClientCAFile, when set, asks clients for certificates signed by
@@ -74,6 +77,33 @@ type ListenerTLS struct {
 	// ClientAuth is "require" (default) or "request" (verify if given).
 	ClientAuth string `yaml:"client_auth"`
 }
+
+// ACME obtains certificates from an ACME CA (Let's Encrypt by default),
+// answering TLS-ALPN-01 on the listener and HTTP-01 on a plain listener on
+// port 80 when there is one.
+type ACME struct {
+	// Domains are the names to obtain certificates for; at least one. A
+	// TLS name outside them never triggers an order.
+	Domains []string `yaml:"domains"`
+	// Email is the account's contact, for the CA's expiry notices.
+	// Optional.
+	Email string `yaml:"email"`
+	// DirectoryURL is the CA's directory. Default Let's Encrypt's
+	// production one.
+	DirectoryURL string `yaml:"directory_url"`
+	// CAFile holds extra CAs to trust for the ACME server itself (test
+	// CAs). Optional.
+	CAFile string `yaml:"ca_file"`
+	// Storage is a directory for the account key and certificates
+	// (created 0700, files 0600). Required.
+	Storage string `yaml:"storage"`
+	// RenewBefore renews a certificate this long before it expires; 0
+	// means a third of its lifetime.
+	RenewBefore time.Duration `yaml:"renew_before"`
+}
+
+// DefaultACMEDirectory is Let's Encrypt's production directory.
+const DefaultACMEDirectory = "https://acme-v02.api.letsencrypt.org/directory"
 
 // Certificate is a PEM certificate chain and its key.
 type Certificate struct {

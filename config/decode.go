@@ -388,6 +388,8 @@ func (d *decoder) initValue(v reflect.Value) {
 		*p = defaultPool()
 	case *ListenerTLS:
 		*p = defaultListenerTLS()
+	case *ACME:
+		*p = ACME{DirectoryURL: DefaultACMEDirectory}
 	case *Discovery:
 		*p = defaultDiscovery()
 	case *Auth:
@@ -632,6 +634,10 @@ func (d *decoder) resolvePaths() {
 				abs(ckey+".key_file", &t.Certificates[j].KeyFile)
 			}
 			abs(key+".client_ca_file", &t.ClientCAFile)
+			if a := t.ACME; a != nil {
+				abs(key+".acme.ca_file", &a.CAFile)
+				abs(key+".acme.storage", &a.Storage)
+			}
 		}
 	}
 	for name, p := range d.cfg.Pools {

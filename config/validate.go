@@ -99,6 +99,7 @@ func sameSocket(a, b string) bool {
 
 func (d *decoder) validateListeners() {
 	c := d.cfg
+	acmeDomains := map[string]int{} // listener of each ACME domain
 	if len(c.Listeners) == 0 {
 		d.failAt("listeners", "at least one listener is needed, like listeners: [{address: \":8080\"}]")
 	}
@@ -117,13 +118,25 @@ func (d *decoder) validateListeners() {
 		}
 		if l.TLS != nil {
 			d.validateListenerTLS(path+".tls", l.TLS)
+			if a := l.TLS.ACME; a != nil {
+				for k, name := range a.Domains {
+					name = strings.ToLower(strings.TrimSuffix(name, "."))
+					if j, dup := acmeDomains[name]; dup && j != i {
+						d.failAt(fmt.Sprintf("%s.tls.acme.domains[%d]", path, k), "%q is already an ACME domain of listeners[%d]: list it in one acme block", name, j)
+					}
+					acmeDomains[name] = i
+				}
+			}
 		}
 	}
 }
 
 func (d *decoder) validateListenerTLS(path string, t *ListenerTLS) {
-	if len(t.Certificates) == 0 {
-		d.failAt(path+".certificates", "a TLS listener needs at least one certificate ({cert_file, key_file})")
+	if len(t.Certificates) == 0 && t.ACME == nil {
+		d.failAt(path+".certificates", "a TLS listener needs at least one certificate ({cert_file, key_file}) or an acme block")
+	}
+	if t.ACME != nil {
+		d.validateACME(path+".acme", t.ACME)
 	}
 	for i, cert := range t.Certificates {
 		cpath := fmt.Sprintf("%s.certificates[%d]", path, i)
@@ -141,6 +154,66 @@ func (d *decoder) validateListenerTLS(path string, t *ListenerTLS) {
 		d.failAt(path+".client_auth", "unknown mode %q: want require or request", t.ClientAuth)
 	}
 	d.needFile(path+".client_ca_file", t.ClientCAFile, false)
+}
+
+// validateACME checks an acme block without contacting the CA; cmd's
+// check also tries the storage for writing.
+func (d *decoder) validateACME(path string, a *ACME) {
+	if len(a.Domains) == 0 {
+		d.failAt(path+".domains", "at least one domain is needed, like domains: [ws.example.com]")
+	}
+	seen := map[string]bool{}
+	for i, name := range a.Domains {
+		key := fmt.Sprintf("%s.domains[%d]", path, i)
+		if err := checkACMEDomain(name); err != nil {
+			d.failAt(key, "%q: %v", name, err)
+			continue
+		}
+		if seen[strings.ToLower(name)] {
+			d.failAt(key, "%q is listed twice", name)
+		}
+		seen[strings.ToLower(name)] = true
+	}
+	if a.Email != "" && !strings.Contains(a.Email, "@") {
+		d.failAt(path+".email", "%q is not an email address", a.Email)
+	}
+	if u, err := url.Parse(a.DirectoryURL); err != nil || u.Scheme != "https" || u.Host == "" {
+		d.failAt(path+".directory_url", "%q: want an https URL, like %s", a.DirectoryURL, DefaultACMEDirectory)
+	}
+	if a.Storage == "" && !d.unexpanded[path+".storage"] {
+		d.failAt(path+".storage", "missing: a directory for the account key and certificates, like /var/lib/wsproxy/acme")
+	}
+	d.needFile(path+".ca_file", a.CAFile, false)
+	if a.RenewBefore < 0 {
+		d.failAt(path+".renew_before", "must not be negative (0 means a third of the certificate's lifetime)")
+	}
+}
+
+// checkACMEDomain accepts a DNS name a CA can validate over TLS-ALPN-01 or
+// HTTP-01: no wildcard (those need DNS-01), no IP address, at least two
+// labels of letters, digits and hyphens.
+func checkACMEDomain(name string) error {
+	if strings.HasPrefix(name, "*.") {
+		return fmt.Errorf("a wildcard needs the DNS-01 challenge, which wsproxy does not answer")
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return fmt.Errorf("an IP address, not a domain name")
+	}
+	labels := strings.Split(strings.TrimSuffix(name, "."), ".")
+	if len(labels) < 2 || len(name) > 253 {
+		return fmt.Errorf("not a fully qualified domain name")
+	}
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Errorf("bad label %q", l)
+		}
+		for _, c := range l {
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("bad character %q (write internationalised names in punycode)", c)
+			}
+		}
+	}
+	return nil
 }
 
 // needFile checks that a configured file exists. required reports a

@@ -46,6 +46,9 @@ type Config struct {
 	// MaxConnectAttempts bounds the backends tried for one handshake; zero
 	// means 3.
 	MaxConnectAttempts int
+	// Preroute, when set, sees every request before routing and answers
+	// those it returns true for (ACME HTTP-01 challenges).
+	Preroute func(*fasthttp.RequestCtx) bool
 }
 
 // keepAliveTimeout closes plain HTTP keep-alive connections idle this long.
@@ -59,6 +62,7 @@ type Server struct {
 	health       FailureReporter
 	closeTimeout time.Duration
 	attempts     int
+	preroute     func(*fasthttp.RequestCtx) bool
 
 	table     atomic.Pointer[table]
 	pollers   *poller.Group
@@ -110,6 +114,7 @@ func New(cfg Config) (*Server, error) {
 		health:       cfg.Health,
 		closeTimeout: cfg.CloseTimeout,
 		attempts:     cfg.MaxConnectAttempts,
+		preroute:     cfg.Preroute,
 		listeners:    make(map[net.Listener]struct{}),
 	}
 	if s.log == nil {
@@ -354,6 +359,9 @@ func (s *Server) Handover(ctx context.Context) error {
 
 // serveHTTP routes one request.
 func (s *Server) serveHTTP(ctx *fasthttp.RequestCtx) {
+	if s.preroute != nil && s.preroute(ctx) {
+		return
+	}
 	t := s.table.Load()
 	rt := t.match(ctx.Path())
 	if rt == nil {

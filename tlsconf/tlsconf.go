@@ -39,7 +39,23 @@ type ServerOptions struct {
 	// ClientAuth is "require" (the default when ClientCAFile is set: no
 	// valid certificate, no connection) or "request" (verified if given).
 	ClientAuth string
+	// ACME, when set, serves the names it Has, after an exact static name
+	// and before a wildcard, and answers TLS-ALPN-01 challenges for them;
+	// Certificates may then be empty. A Server keeps the source it was
+	// built with across reloads.
+	ACME CertSource
 }
+
+// CertSource supplies certificates for a fixed set of names, such as an
+// ACME manager's domains. Both methods are called per handshake,
+// concurrently; GetCertificate must not block on the network.
+type CertSource interface {
+	Has(name string) bool
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// alpnACME is the protocol of TLS-ALPN-01 challenges (RFC 8737, section 6).
+const alpnACME = "acme-tls/1"
 
 // ClientOptions configure TLS to a backend pool.
 type ClientOptions struct {
@@ -75,6 +91,7 @@ type Server struct {
 	// base is handed to crypto/tls; it picks the current config per
 	// handshake.
 	base *tls.Config
+	acme CertSource
 }
 
 // NewServer loads and checks the certificates of opts.
@@ -83,7 +100,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{}
+	s := &Server{acme: opts.ACME}
 	s.cur.Store(cfg)
 	s.base = &tls.Config{
 		MinVersion: tls.VersionTLS12,
@@ -102,6 +119,7 @@ func (s *Server) Config() *tls.Config { return s.base }
 // returns why and the current ones keep serving. Connections already
 // established are not touched.
 func (s *Server) Reload(opts ServerOptions) error {
+	opts.ACME = s.acme
 	cfg, err := build(opts, time.Now())
 	if err != nil {
 		return err
@@ -112,10 +130,10 @@ func (s *Server) Reload(opts ServerOptions) error {
 
 // build makes the per-handshake configuration for opts.
 func build(opts ServerOptions, now time.Time) (*tls.Config, error) {
-	if len(opts.Certificates) == 0 {
+	if len(opts.Certificates) == 0 && opts.ACME == nil {
 		return nil, ErrNoCertificate
 	}
-	sel := &selector{exact: map[string]*tls.Certificate{}, wildcard: map[string]*tls.Certificate{}}
+	sel := &selector{exact: map[string]*tls.Certificate{}, wildcard: map[string]*tls.Certificate{}, acme: opts.ACME}
 	for _, cf := range opts.Certificates {
 		c, err := LoadCertificate(cf.CertFile, cf.KeyFile, now)
 		if err != nil {
@@ -144,6 +162,9 @@ func build(opts ServerOptions, now time.Time) (*tls.Config, error) {
 		CipherSuites:   aeadSuites,
 		NextProtos:     []string{"http/1.1"},
 		GetCertificate: sel.get,
+	}
+	if opts.ACME != nil {
+		cfg.NextProtos = []string{"http/1.1", alpnACME}
 	}
 	if opts.ClientCAFile != "" {
 		pool, err := loadPool(opts.ClientCAFile)
@@ -177,18 +198,35 @@ func parseVersion(v string) (uint16, error) {
 type selector struct {
 	exact    map[string]*tls.Certificate
 	wildcard map[string]*tls.Certificate // by the suffix after "*."
-	def      *tls.Certificate
+	def      *tls.Certificate            // nil when only ACME serves
+	acme     CertSource
 }
+
+// errChallengeName refuses a TLS-ALPN-01 challenge for a name outside the
+// ACME domains.
+var errChallengeName = errors.New("tlsconf: acme-tls/1 challenge for a name outside the ACME domains")
 
 func (s *selector) get(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	if s.acme != nil && len(hello.SupportedProtos) == 1 && hello.SupportedProtos[0] == alpnACME {
+		if !s.acme.Has(name) {
+			return nil, errChallengeName
+		}
+		return s.acme.GetCertificate(hello)
+	}
 	if c, ok := s.exact[name]; ok {
 		return c, nil
+	}
+	if s.acme != nil && s.acme.Has(name) {
+		return s.acme.GetCertificate(hello)
 	}
 	if i := strings.IndexByte(name, '.'); i > 0 {
 		if c, ok := s.wildcard[name[i+1:]]; ok {
 			return c, nil
 		}
+	}
+	if s.def == nil {
+		return nil, fmt.Errorf("tlsconf: no certificate for server name %q", name)
 	}
 	return s.def, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/wsproxy/wsproxy/acmecert"
 	"github.com/wsproxy/wsproxy/discovery"
 	"github.com/wsproxy/wsproxy/proxy"
 )
@@ -71,6 +72,7 @@ func (in *instance) collectors() []prometheus.Collector {
 		in.discovered.mgr,
 		&in.reloads,
 		upgradeCollector{in.up},
+		acmecert.Collector(in.acmeManagers()...),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/wsproxy/wsproxy/acmecert"
 	"github.com/wsproxy/wsproxy/balancer"
 	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/health"
@@ -58,8 +59,9 @@ type instance struct {
 	level  zap.AtomicLevel
 	log    *zap.Logger
 
-	srv *proxy.Server
-	tls []*tlsconf.Server // per listener; nil for plain ones
+	srv  *proxy.Server
+	tls  []*tlsconf.Server   // per listener; nil for plain ones
+	acme []*acmecert.Manager // per listener; nil without an acme block
 	// healthTLS keeps each pool's probe TLS config across reloads.
 	healthTLS map[config.PoolTLS]*tls.Config
 	health    *health.Manager
@@ -171,6 +173,10 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 		defer removePIDFile(cfg.PIDFile)
 	}
 	go trimMemory(ctx, in.log)
+	for _, m := range in.acmeManagers() {
+		m.Start(ctx)
+		defer m.Close()
+	}
 	// Checks start once the registry knows every backend, so no early
 	// verdict is lost.
 	in.health.Update(in.healthSpecs(cfg))
@@ -209,12 +215,23 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 // listener's certificates and the admin token. It returns the token, or
 // every problem found.
 func (in *instance) prepare(cfg *config.Config) ([]byte, []error) {
+	// ACME certificates are loaded or obtained in the background once the
+	// listeners are up.
+	acme, err := newACME(cfg, in.log)
+	if err != nil {
+		return nil, []error{err}
+	}
+	in.acme = acme
 	in.tls = make([]*tlsconf.Server, len(cfg.Listeners))
 	for i, l := range cfg.Listeners {
 		if l.TLS == nil {
 			continue
 		}
-		ts, errs := listenerTLS(i, l.TLS)
+		var src tlsconf.CertSource
+		if acme[i] != nil {
+			src = acme[i]
+		}
+		ts, errs := listenerTLS(i, l.TLS, src)
 		if errs != nil {
 			return nil, errs
 		}
@@ -283,6 +300,7 @@ func (in *instance) startProxy(cfg *config.Config) error {
 		Logger:   in.log,
 		Backends: in.backends,
 		Health:   in.health,
+		Preroute: in.acmePreroute(cfg),
 	})
 	if err != nil {
 		return err

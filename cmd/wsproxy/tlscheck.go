@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/wsproxy/wsproxy/acmecert"
 	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/tlsconf"
 )
@@ -32,8 +33,14 @@ func tlsProblems(cfg *config.Config) []error {
 	var errs []error
 	for i, l := range cfg.Listeners {
 		if l.TLS != nil {
-			_, e := listenerTLS(i, l.TLS)
+			_, e := listenerTLS(i, l.TLS, nil)
 			errs = append(errs, e...)
+		}
+		if l.TLS != nil && l.TLS.ACME != nil {
+			// Without contacting the CA: the CA file and the storage.
+			if err := acmecert.Check(acmeOptions(cfg, l.TLS.ACME)); err != nil {
+				errs = append(errs, keyError{fmt.Sprintf("listeners[%d].tls.acme", i), err})
+			}
 		}
 	}
 	for _, name := range cfg.PoolNames() {
@@ -42,11 +49,19 @@ func tlsProblems(cfg *config.Config) []error {
 	return errs
 }
 
-// listenerTLS builds the TLS server of listeners[i] as the proxy serves it.
+// listenerTLS builds the TLS server of listeners[i] as the proxy serves it,
+// with acme serving the listener's ACME domains (nil to check only).
 // When that fails it loads each certificate and the client CA on its own,
 // so that every error names the key that holds the bad file.
-func listenerTLS(i int, t *config.ListenerTLS) (*tlsconf.Server, []error) {
-	ts, err := tlsconf.NewServer(serverOptions(t))
+func listenerTLS(i int, t *config.ListenerTLS, acme tlsconf.CertSource) (*tlsconf.Server, []error) {
+	opts := serverOptions(t)
+	if t.ACME != nil {
+		opts.ACME = acme
+		if acme == nil {
+			opts.ACME = checkOnlyACME{}
+		}
+	}
+	ts, err := tlsconf.NewServer(opts)
 	if err == nil {
 		return ts, nil
 	}
