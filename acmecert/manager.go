@@ -60,10 +60,15 @@ type Options struct {
 	HTTP01 bool
 	// Logger receives logs; nil means none.
 	Logger *zap.Logger
-	// RetryMin and RetryMax bound the back-off between attempts at a
-	// domain's first certificate; zero means 1m and 1h.
-	RetryMin, RetryMax time.Duration
 }
+
+// Attempts at a domain's first certificate wait from retryMin, doubling,
+// to retryMax. autocert answers a retry within a minute of a failed order
+// from memory ("missing certificate"), without asking the CA again.
+const (
+	retryMin = time.Minute
+	retryMax = time.Hour
+)
 
 // accountKeyName is where autocert keeps the account key in storage.
 const accountKeyName = "acme_account+key"
@@ -76,15 +81,13 @@ var errClosed = errors.New("acmecert: manager closed")
 
 // Manager holds the certificates of one listener's ACME domains.
 type Manager struct {
-	log      *zap.Logger
-	domains  map[string]*domain // fixed at New
-	order    []*domain          // as configured, for metrics
-	retryMin time.Duration
-	retryMax time.Duration
-	closed   atomic.Bool
-	stop     chan struct{} // closed by Close
-	once     sync.Once
-	wg       sync.WaitGroup
+	log     *zap.Logger
+	domains map[string]*domain // fixed at New
+	order   []*domain          // as configured, for metrics
+	closed  atomic.Bool
+	stop    chan struct{} // closed by Close
+	once    sync.Once
+	wg      sync.WaitGroup
 }
 
 // domain is one name's certificate and the state of its orders.
@@ -115,15 +118,9 @@ func New(opts Options) (*Manager, error) {
 	if opts.DirectoryURL == "" {
 		opts.DirectoryURL = autocert.DefaultACMEDirectory
 	}
-	m := &Manager{log: opts.Logger, domains: map[string]*domain{}, retryMin: opts.RetryMin, retryMax: opts.RetryMax, stop: make(chan struct{})}
+	m := &Manager{log: opts.Logger, domains: map[string]*domain{}, stop: make(chan struct{})}
 	if m.log == nil {
 		m.log = zap.NewNop()
-	}
-	if m.retryMin <= 0 {
-		m.retryMin = time.Minute
-	}
-	if m.retryMax <= 0 {
-		m.retryMax = time.Hour
 	}
 	base, err := caTransport(opts.CAFile)
 	if err != nil {
@@ -283,11 +280,13 @@ func (m *Manager) ServeHTTP01(ctx *fasthttp.RequestCtx) bool {
 }
 
 // obtainLoop gets the domain's first certificate: from storage, or from
-// the CA, retried with doubling waits from retryMin to retryMax.
+// the CA, retried with doubling waits from retryMin to retryMax (autocert
+// renews the certificate from then on).
 func (d *domain) obtainLoop(ctx context.Context) {
 	defer d.m.wg.Done()
-	wait := d.m.retryMin
+	wait := retryMin
 	for {
+		began := time.Now()
 		hello := &tls.ClientHelloInfo{
 			ServerName:       d.name,
 			SignatureSchemes: []tls.SignatureScheme{tls.ECDSAWithP256AndSHA256},
@@ -306,9 +305,11 @@ func (d *domain) obtainLoop(ctx context.Context) {
 		if d.m.closed.Load() || ctx.Err() != nil {
 			return
 		}
-		d.failed(err.Error())
+		// The CA's own words, when watchTransport heard them, say more
+		// than autocert's error.
+		reason := d.failedSince(began, err.Error())
 		d.m.log.Error("acme: could not obtain a certificate; retrying", zap.String("domain", d.name),
-			zap.Error(err), zap.Duration("retry_in", wait))
+			zap.String("reason", reason), zap.Error(err), zap.Duration("retry_in", wait))
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -319,7 +320,7 @@ func (d *domain) obtainLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		wait = min(2*wait, d.m.retryMax)
+		wait = min(2*wait, retryMax)
 	}
 }
 
@@ -342,6 +343,18 @@ func (d *domain) failed(why string) {
 	d.mu.Lock()
 	d.attempted, d.lastOK, d.lastAt, d.lastErr = true, false, time.Now(), why
 	d.mu.Unlock()
+}
+
+// failedSince records a failed order unless the CA's answer since began
+// already did, and returns the reason kept.
+func (d *domain) failedSince(began time.Time, why string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.lastOK && d.lastErr != "" && !d.lastAt.Before(began) {
+		return d.lastErr
+	}
+	d.attempted, d.lastOK, d.lastAt, d.lastErr = true, false, time.Now(), why
+	return why
 }
 
 // Status is a domain's certificate and last order, for metrics and /status.
