@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Check validates opts as New would use them, without contacting the CA
@@ -36,7 +37,7 @@ func checkStorage(dir string) error {
 			}
 			break
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return fmt.Errorf("acmecert: storage: %w", err)
 		}
 		parent := filepath.Dir(probe)

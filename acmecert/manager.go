@@ -275,6 +275,9 @@ func (m *Manager) ServeHTTP01(ctx *fasthttp.RequestCtx) bool {
 	if d == nil || d.http == nil {
 		return false
 	}
+	// autocert checks Host against its policy as it stands: with a port
+	// (Host: ws.example.com:80 is legal) it answers 403.
+	ctx.Request.SetHost(d.name)
 	d.http(ctx)
 	return true
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/valyala/fasthttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -252,4 +253,66 @@ func TestRestartWithCADownServesStored(t *testing.T) {
 	if strings.Contains(f.log.String(), "cannot reach the CA") {
 		t.Fatalf("loading from storage contacted the CA:\n%s", f.log.String())
 	}
+}
+
+// HTTP-01 is answered through ServeHTTP01 on a plain listener when
+// TLS-ALPN-01 cannot be (nothing listens on pebble's TLS port); other
+// requests are left to the router.
+func TestHTTP01(t *testing.T) {
+	ports := pebbletest.FreePorts(t, 2)
+	peb := pebbletest.Start(t, pebbletest.Options{TLSPort: ports[0], HTTPPort: ports[1], Names: []string{"ws.example.com"}})
+	log := newLogBuffer()
+	m, err := acmecert.New(acmecert.Options{
+		Domains: []string{"ws.example.com"}, DirectoryURL: peb.DirectoryURL, CAFile: peb.CAFile,
+		Storage: filepath.Join(t.TempDir(), "acme"), HTTP01: true, Logger: log.logger(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", ports[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &fasthttp.Server{Handler: func(ctx *fasthttp.RequestCtx) {
+		if !m.ServeHTTP01(ctx) {
+			ctx.SetStatusCode(fasthttp.StatusTeapot) // "routed"
+		}
+	}}
+	go srv.Serve(ln) //nolint:errcheck
+	defer srv.Shutdown()
+	m.Start(t.Context())
+	defer m.Close()
+	log.wait(t, `"acme: certificate obtained"`, 15*time.Second)
+	if c := m.Certificate("ws.example.com"); c == nil {
+		t.Fatal("no certificate after HTTP-01")
+	} else if _, err := c.Leaf.Verify(x509.VerifyOptions{DNSName: "ws.example.com", Roots: peb.Roots(t), Intermediates: intermediates(c)}); err != nil {
+		t.Fatal(err)
+	}
+	client := &fasthttp.HostClient{Addr: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	for _, tc := range []struct{ host, path string }{
+		{"ws.example.com", "/app"},
+		{"other.example.com", "/.well-known/acme-challenge/x"},
+	} {
+		req := fasthttp.AcquireRequest()
+		resp := fasthttp.AcquireResponse()
+		req.SetRequestURI("http://" + tc.host + tc.path)
+		if err := client.DoTimeout(req, resp, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode() != fasthttp.StatusTeapot {
+			t.Fatalf("%s%s answered %d, want it left to the router", tc.host, tc.path, resp.StatusCode())
+		}
+		fasthttp.ReleaseRequest(req)
+		fasthttp.ReleaseResponse(resp)
+	}
+}
+
+func intermediates(c *tls.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, der := range c.Certificate[1:] {
+		if ic, err := x509.ParseCertificate(der); err == nil {
+			p.AddCert(ic)
+		}
+	}
+	return p
 }
