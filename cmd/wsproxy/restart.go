@@ -47,6 +47,9 @@ func restartChanges(started, next *config.Config) []restartChange {
 	for i := range min(len(started.Listeners), len(next.Listeners)) {
 		add(restartChange{key: fmt.Sprintf("listeners[%d].address", i),
 			running: started.Listeners[i].Address, file: next.Listeners[i].Address})
+		// The ACME manager is built at start.
+		add(restartChange{key: fmt.Sprintf("listeners[%d].tls.acme", i),
+			running: acmeSummary(started.Listeners[i].TLS), file: acmeSummary(next.Listeners[i].TLS)})
 	}
 	add(restartChange{key: "admin.address",
 		running: quoteEmpty(started.Admin.Address), file: quoteEmpty(next.Admin.Address)})
@@ -61,6 +64,16 @@ func restartChanges(started, next *config.Config) []restartChange {
 	add(restartChange{key: "defaults.handshake_timeout", warned: true, note: "as the time to read a request",
 		running: started.Defaults.HandshakeTimeout.String(), file: next.Defaults.HandshakeTimeout.String()})
 	return cs
+}
+
+// acmeSummary shows a listener's acme block on one line; "none" without.
+func acmeSummary(t *config.ListenerTLS) string {
+	if t == nil || t.ACME == nil {
+		return "none"
+	}
+	a := t.ACME
+	return fmt.Sprintf("domains %v, email %q, directory_url %s, ca_file %q, storage %s, renew_before %v",
+		a.Domains, a.Email, a.DirectoryURL, a.CAFile, a.Storage, a.RenewBefore)
 }
 
 // quoteEmpty shows an empty setting as "" rather than as nothing.
