@@ -181,7 +181,7 @@ tls: {min_version: "1.4"}
 routes: [{path: /, pool: chat}]
 pools: {chat: {backends: [{address: "127.0.0.1:9001"}]}}
 `, "t.yaml:3: tls: looks like a listener setting: check its indentation (as written it is a top-level key, after listeners)\n" +
-			"t.yaml:3: listeners[0].tls.certificates: a TLS listener needs at least one certificate ({cert_file, key_file})\n" +
+			"t.yaml:3: listeners[0].tls.certificates: a TLS listener needs at least one certificate ({cert_file, key_file}) or an acme block\n" +
 			"t.yaml:3: listeners[0].tls.min_version: unknown TLS version \"1.4\": want \"1.2\" or \"1.3\""},
 		{"backend and health settings in a pool", head + `pools:
   chat:
