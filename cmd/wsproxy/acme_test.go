@@ -149,3 +149,50 @@ pools: {p: {backends: [{address: "127.0.0.1:1"}]}}
 		})
 	}
 }
+
+// With a plain listener on port 80 the proxy answers HTTP-01 there before
+// routing: pebble's TLS-ALPN-01 attempt goes to a port nothing listens on,
+// so only HTTP-01 through the proxy can get the certificate.
+func TestACMEHTTP01OnPort80(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:80")
+	if err != nil {
+		t.Skipf("port 80 is not free here: %v", err)
+	}
+	ln.Close()
+	ports := pebbletest.FreePorts(t, 3, 80)
+	peb := pebbletest.Start(t, pebbletest.Options{TLSPort: ports[1], HTTPPort: 80, Names: []string{"ws.example.com"}})
+	backend := echoBackend(t, "b1")
+	cfg := writeConfig(t, fmt.Sprintf(`
+listeners:
+  - address: "127.0.0.1:%d"
+    tls:
+      acme: {domains: [ws.example.com], directory_url: %s, ca_file: %s, storage: %s}
+  - address: "127.0.0.1:80"
+admin: {address: "127.0.0.1:%d"}
+log: {level: info, format: json}
+routes: [{path: /, pool: p}]
+pools: {p: {backends: [{address: %q}]}}
+`, ports[0], peb.DirectoryURL, peb.CAFile, filepath.Join(t.TempDir(), "acme"), ports[2], backend))
+	p := startProcess(t, "-config", cfg)
+	waitLog(t, p, `"acme: certificate obtained"`)
+	if !strings.Contains(p.stderr.String(), `"detail":"tls-alpn-01: `) {
+		t.Fatalf("TLS-ALPN-01 did not fail first as arranged:\n%s", p.stderr.String())
+	}
+	c, _ := wssDial(t, ports[0], "ws.example.com", peb.Roots(t))
+	if got := exchange(t, c, "hi"); got != "b1:hi" {
+		t.Fatalf("got %q", got)
+	}
+	// Other paths on port 80 are routed as before.
+	resp, err := http.Get("http://127.0.0.1:80/.well-known/other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "b1" {
+		t.Fatalf("a plain request on port 80 got %d %q, want the backend's answer", resp.StatusCode, body)
+	}
+}
