@@ -316,3 +316,22 @@ func intermediates(c *tls.Certificate) *x509.CertPool {
 	}
 	return p
 }
+
+// Requests that are not challenges pass through ServeHTTP01 without an
+// allocation: it sees every request on the proxy's listeners.
+func TestServeHTTP01AllocatesNothingForOthers(t *testing.T) {
+	m, err := acmecert.New(acmecert.Options{Domains: []string{"ws.example.com"}, Storage: t.TempDir(), HTTP01: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var ctx fasthttp.RequestCtx
+	ctx.Request.SetRequestURI("http://ws.example.com/app/socket")
+	if n := testing.AllocsPerRun(100, func() {
+		if m.ServeHTTP01(&ctx) {
+			t.Fatal("answered a request that is not a challenge")
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per request", n)
+	}
+}
