@@ -124,6 +124,7 @@ func New(opts Options) (*Manager, error) {
 			Key:          key,
 			DirectoryURL: opts.DirectoryURL,
 			UserAgent:    "wsproxy",
+			RetryBackoff: m.retryBackoff,
 			HTTPClient:   &http.Client{Transport: &watchTransport{next: base, d: d}, Timeout: time.Minute},
 		}
 		d.ac = &autocert.Manager{
@@ -141,6 +142,23 @@ func New(opts Options) (*Manager, error) {
 		m.order = append(m.order, d)
 	}
 	return m, nil
+}
+
+// maxRequestRetries bounds the retries of one request to the CA (a 5xx, a
+// bad nonce); the attempts above retry whole orders.
+const maxRequestRetries = 4
+
+// retryBackoff replaces the ACME client's, which sleeps through a rate
+// limit's Retry-After (an hour, say) inside the request: an order stuck
+// there holds Close, and so shutdown, for up to the five minutes autocert
+// allows. A rate limit is not retried in the request; the attempts back
+// off instead. Other failures are retried a few times, 1s then doubling,
+// and not at all once the manager is closed.
+func (m *Manager) retryBackoff(n int, _ *http.Request, resp *http.Response) time.Duration {
+	if m.closed.Load() || n > maxRequestRetries || (resp != nil && resp.StatusCode == http.StatusTooManyRequests) {
+		return 0
+	}
+	return time.Second << (n - 1)
 }
 
 // accountKey reads the account key autocert keeps in storage, or creates

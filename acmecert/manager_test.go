@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -333,5 +335,44 @@ func TestServeHTTP01AllocatesNothingForOthers(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Fatalf("%v allocations per request", n)
+	}
+}
+
+// A rate limit is logged as such, with the CA's words and Retry-After,
+// and is the domain's last result. Pebble has no rate limits: this CA
+// on loopback answers its directory and nonces, and refuses the account.
+func TestRateLimitLoggedWithTheCAsMessage(t *testing.T) {
+	const detail = "too many new registrations (10) from this IP address in the last 3h0m0s, retry after 2026-12-02 05:00:00 UTC"
+	var ca *httptest.Server
+	ca = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Replay-Nonce", "nonce")
+		switch r.URL.Path {
+		case "/dir":
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"newNonce": %q, "newAccount": %q, "newOrder": %q}`, ca.URL+"/nonce", ca.URL+"/account", ca.URL+"/order")
+		case "/nonce":
+		default:
+			w.Header().Set("Content-Type", "application/problem+json")
+			w.Header().Set("Retry-After", "3600")
+			w.WriteHeader(http.StatusTooManyRequests)
+			fmt.Fprintf(w, `{"type": "urn:ietf:params:acme:error:rateLimited", "detail": %q, "status": 429}`, detail)
+		}
+	}))
+	defer ca.Close()
+	log := newLogBuffer()
+	m, err := acmecert.New(acmecert.Options{Domains: []string{"ws.example.com"}, DirectoryURL: ca.URL + "/dir",
+		Storage: t.TempDir(), Logger: log.logger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Start(t.Context())
+	defer m.Close()
+	log.wait(t, `"acme: could not obtain a certificate; retrying"`, 10*time.Second)
+	want := fmt.Sprintf(`"msg":"acme: rate limited by the CA","domain":"ws.example.com","status":429,"type":"urn:ietf:params:acme:error:rateLimited","detail":%q,"retry_after":"3600"`, detail)
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("want %s in:\n%s", want, log.String())
+	}
+	if st := m.Status()[0]; st.LastOK || st.LastError != detail {
+		t.Fatalf("status %+v, want the CA's detail as the last error", st)
 	}
 }

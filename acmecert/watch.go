@@ -107,14 +107,12 @@ type problem struct {
 }
 
 // caObject is what an answer may say about a failure: an order or
-// authorization marked invalid, with the challenge's error.
+// authorization marked invalid, with the challenge's error. Status is a
+// string there but the HTTP status, a number, in an error document.
 type caObject struct {
 	problem
-	Status     string   `json:"status"`
-	Error      *problem `json:"error"`
-	Identifier struct {
-		Value string `json:"value"`
-	} `json:"identifier"`
+	Status     json.RawMessage `json:"status"`
+	Error      *problem        `json:"error"`
 	Challenges []struct {
 		Type  string   `json:"type"`
 		Error *problem `json:"error"`
@@ -168,7 +166,7 @@ func (t *watchTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		} else {
 			d.m.log.Error("acme: the CA refused a request", fields...)
 		}
-	case o.Status == "invalid":
+	case string(o.Status) == `"invalid"`:
 		why := "invalid"
 		if o.Error != nil {
 			why = o.Error.Detail
