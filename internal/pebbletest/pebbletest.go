@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -89,7 +90,9 @@ func Binary(t testing.TB) string {
 }
 
 // FreePorts returns n distinct loopback TCP ports, none of avoid, free a
-// moment ago.
+// moment ago. They are drawn below the kernel's ephemeral range when it
+// leaves room, so that no outgoing connection (pebble's, the test's) takes
+// one before the test listens on it.
 func FreePorts(t testing.TB, n int, avoid ...int) []int {
 	t.Helper()
 	var ports []int
@@ -99,10 +102,18 @@ func FreePorts(t testing.TB, n int, avoid ...int) []int {
 			ln.Close()
 		}
 	}()
-	for len(ports) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	low := ephemeralLow()
+	for tries := 0; len(ports) < n; tries++ {
+		addr := "127.0.0.1:0"
+		if low > 11000 && tries < 1000 {
+			addr = fmt.Sprintf("127.0.0.1:%d", 10000+mrand.IntN(low-10000))
+		}
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			t.Fatal(err)
+			if addr == "127.0.0.1:0" {
+				t.Fatal(err)
+			}
+			continue
 		}
 		held = append(held, ln)
 		p := ln.Addr().(*net.TCPAddr).Port
@@ -111,6 +122,20 @@ func FreePorts(t testing.TB, n int, avoid ...int) []int {
 		}
 	}
 	return ports
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range; 0 when
+// unknown.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil {
+		return 0
+	}
+	return low
 }
 
 // Start runs pebble until t ends, and waits until its directory answers.
@@ -139,7 +164,7 @@ func Start(t testing.TB, opts Options) *Pebble {
 	if err := os.WriteFile(confFile, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	dnsAddr := startDNS(t, opts.Names)
+	dnsAddr := startDNS(t, opts.Names, opts.TLSPort, opts.HTTPPort, api, mgmt)
 	p := &Pebble{
 		DirectoryURL: fmt.Sprintf("https://127.0.0.1:%d/dir", api),
 		CAFile:       ca.File,
@@ -216,8 +241,9 @@ func (p *Pebble) Stop() {
 }
 
 // startDNS serves A 127.0.0.1 for names (and empty answers for their
-// other types), NXDOMAIN for the rest, over UDP and TCP on one port.
-func startDNS(t testing.TB, names []string) string {
+// other types), NXDOMAIN for the rest, over UDP and TCP on one port (none
+// of avoid).
+func startDNS(t testing.TB, names []string, avoid ...int) string {
 	t.Helper()
 	known := map[string]bool{}
 	for _, n := range names {
@@ -241,14 +267,23 @@ func startDNS(t testing.TB, names []string) string {
 		}
 		_ = w.WriteMsg(m)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
+	// The same port over UDP and TCP: the first free for both.
+	var pc net.PacketConn
+	var ln net.Listener
+	for _, port := range FreePorts(t, 20, avoid...) {
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		var err error
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			continue
+		}
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
 		pc.Close()
-		t.Fatal(err)
+		pc = nil
+	}
+	if ln == nil {
+		t.Fatal("no loopback port free for DNS over both UDP and TCP")
 	}
 	udp := &dns.Server{PacketConn: pc, Handler: h}
 	tcp := &dns.Server{Listener: ln, Handler: h}
