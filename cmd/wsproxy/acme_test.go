@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,7 +43,8 @@ func wssDial(t *testing.T, port int, name string, roots *x509.CertPool) (*websoc
 
 // A certificate obtained from pebble (TLS-ALPN-01 answered by the running
 // proxy) is served to wss clients; its renewal is swapped in while a
-// session stays open, and the metrics say so.
+// session stays open, and the metrics say so. Restarted with pebble down,
+// the proxy serves the last certificate it stored.
 func TestACMERenewalKeepsSessions(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -100,6 +103,25 @@ pools: {p: {backends: [{address: %q}]}}
 		if !strings.Contains(string(body), want) {
 			t.Fatalf("metrics lack %q:\n%s", want, body)
 		}
+	}
+
+	// Restart with the CA down: the stored certificate, the last one
+	// issued (renewals go on every few seconds here), is served.
+	c1.Close()
+	c2.Close()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done
+	peb.Stop()
+	serials := regexp.MustCompile(`"serial":"([0-9a-f]+)"`).FindAllStringSubmatch(p.stderr.String(), -1)
+	last := serials[len(serials)-1][1]
+	p2 := startProcess(t, "-config", cfg)
+	waitLog(t, p2, `"acme: certificate loaded from storage"`)
+	c3, third := wssDial(t, ports[0], "ws.example.com", roots)
+	if third.Text(16) != last {
+		t.Fatalf("after a restart with the CA down: serial %x, want the last issued %s", third, last)
+	}
+	if got := exchange(t, c3, "again"); got != "b1:again" {
+		t.Fatalf("got %q", got)
 	}
 }
 
