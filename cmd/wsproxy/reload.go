@@ -130,7 +130,6 @@ func (in *instance) reload(source string) reloadResult {
 		in.admin.pprof.Store(cfg.Admin.Pprof)
 		in.admin.setToken(token)
 	}
-	in.reloads.count(true)
 	var pending []string
 	for _, c := range restartChanges(in.started, cfg) {
 		pending = append(pending, c.String())
@@ -140,6 +139,9 @@ func (in *instance) reload(source string) reloadResult {
 		}
 	}
 	in.restartPending.Store(&pending)
+	// Counted once /status can say what it left pending: a reader that
+	// sees the count sees the list.
+	in.reloads.count(true)
 	in.running = cfg
 	in.log.Info("configuration reloaded", zap.String("file", in.path), zap.String("source", source),
 		zap.Strings("restart_pending", pending))
