@@ -94,6 +94,23 @@ func (k KeySpec) Hash(req *fasthttp.Request, clientIP netip.Addr) uint64 {
 	return Hash(v)
 }
 
+// Names reports whether req carries what k reads (a non-empty header,
+// cookie, query parameter or path), that is whether Hash hashes that
+// rather than falling back to the client address. KeyIP never does.
+func (k KeySpec) Names(req *fasthttp.Request) bool {
+	switch k.Kind {
+	case KeyHeader:
+		return len(req.Header.Peek(k.Name)) > 0
+	case KeyCookie:
+		return len(req.Header.Cookie(k.Name)) > 0
+	case KeyQuery:
+		return len(req.URI().QueryArgs().Peek(k.Name)) > 0
+	case KeyPath:
+		return len(req.URI().Path()) > 0
+	}
+	return false
+}
+
 // hashAddr hashes the 16-byte form of a (IPv4 as IPv4-mapped IPv6, so that
 // 192.0.2.1 and ::ffff:192.0.2.1 are one key), without its zone.
 func hashAddr(a netip.Addr) uint64 {

@@ -259,6 +259,10 @@ type Route struct {
 	// JWT, when set, requires each request to carry a valid JSON Web
 	// Token. Nil (default): no token is needed.
 	JWT *JWT `yaml:"jwt"`
+	// Affinity, when set, keeps a client on one backend with a cookie the
+	// proxy sets itself; nil (default) means the hash alone places every
+	// request.
+	Affinity *Affinity `yaml:"affinity"`
 	// Limits are the defaults with this route's overrides: any key of
 	// defaults may appear on a route.
 	Limits Limits `yaml:",inline"`
@@ -307,6 +311,45 @@ type JWT struct {
 	// Default 30s.
 	Leeway time.Duration `yaml:"leeway"`
 }
+
+// Affinity configures a route's affinity cookie: it names the backend
+// that served a client (opaquely, under an HMAC), and the client's next
+// requests go there while it is available.
+type Affinity struct {
+	// Cookie is the cookie's name, an RFC 6265 token. Default
+	// wsp_backend.
+	Cookie string `yaml:"cookie"`
+	// TTL is the cookie's Max-Age, in whole seconds; 0 (default) makes it
+	// a browser-session cookie.
+	TTL time.Duration `yaml:"ttl"`
+	// Secure marks the cookie Secure: auto (default) on TLS listeners,
+	// true always, false never.
+	Secure Secure `yaml:"secure"`
+	// HTTPOnly hides the cookie from scripts. Default true.
+	HTTPOnly bool `yaml:"http_only"`
+	// SameSite is lax (default), strict or none; none needs secure auto
+	// or true, as browsers drop a SameSite=None cookie without Secure.
+	SameSite string `yaml:"same_site"`
+	// KeyFile holds the HMAC key (at least 32 bytes, a trailing newline
+	// not counted) that instances of a fleet share so that each honours
+	// the others' cookies. Empty (default): a random key per process, so
+	// cookies last as long as the process (a reload keeps it).
+	KeyFile string `yaml:"key_file"`
+}
+
+// Secure is an affinity cookie's Secure setting: "auto", "true" or
+// "false". It decodes from a boolean or the string auto.
+type Secure string
+
+// Secure settings.
+const (
+	SecureAuto   Secure = "auto"
+	SecureAlways Secure = "true"
+	SecureNever  Secure = "false"
+)
+
+// MinAffinityKeyBytes is the shortest affinity key_file accepted.
+const MinAffinityKeyBytes = 32
 
 // HashKind is what a hash key reads.
 type HashKind int
@@ -504,6 +547,11 @@ func defaultHealth() Health {
 		UnhealthyThreshold: 3,
 		PassiveFailures:    3,
 	}
+}
+
+// defaultAffinity is a route's affinity block before its keys are read.
+func defaultAffinity() Affinity {
+	return Affinity{Cookie: "wsp_backend", Secure: SecureAuto, HTTPOnly: true, SameSite: "lax"}
 }
 
 // defaultListenerTLS is a listener's TLS block before its keys are read.

@@ -242,6 +242,7 @@ var (
 	durationType = reflect.TypeOf(time.Duration(0))
 	prefixType   = reflect.TypeOf(netip.Prefix{})
 	hashKeyType  = reflect.TypeOf(HashKey{})
+	secureType   = reflect.TypeOf(Secure(""))
 )
 
 // decode decodes n into v. kind is "size" for byte sizes.
@@ -263,6 +264,11 @@ func (d *decoder) decode(n *yaml.Node, path string, v reflect.Value, kind string
 	case hashKeyType:
 		if k, ok := d.hashKey(n, path); ok {
 			v.Set(reflect.ValueOf(k))
+		}
+		return
+	case secureType:
+		if sec, ok := d.secure(n, path); ok {
+			v.SetString(string(sec))
 		}
 		return
 	}
@@ -396,6 +402,8 @@ func (d *decoder) initValue(v reflect.Value) {
 		*p = defaultAuth()
 	case *JWT:
 		*p = defaultJWT()
+	case *Affinity:
+		*p = defaultAffinity()
 	}
 }
 
@@ -616,6 +624,22 @@ func (d *decoder) hashKey(n *yaml.Node, path string) (HashKey, bool) {
 	return HashKey{}, false
 }
 
+// secure decodes an affinity cookie's secure setting: true, false or auto.
+func (d *decoder) secure(n *yaml.Node, path string) (Secure, bool) {
+	if n.Kind == yaml.ScalarNode {
+		switch strings.ToLower(n.Value) {
+		case "true":
+			return SecureAlways, true
+		case "false":
+			return SecureNever, true
+		case "auto":
+			return SecureAuto, true
+		}
+	}
+	d.fail(n, path, "want auto, true or false, got %s", describe(n))
+	return "", false
+}
+
 // resolvePaths expands ${CREDENTIALS_DIRECTORY} in the config's file paths
 // and makes them absolute, relative to the config file's directory.
 func (d *decoder) resolvePaths() {
@@ -648,6 +672,9 @@ func (d *decoder) resolvePaths() {
 	for i := range d.cfg.Routes {
 		if j := d.cfg.Routes[i].JWT; j != nil {
 			abs(fmt.Sprintf("routes[%d].jwt.jwks_file", i), &j.JWKSFile)
+		}
+		if a := d.cfg.Routes[i].Affinity; a != nil {
+			abs(fmt.Sprintf("routes[%d].affinity.key_file", i), &a.KeyFile)
 		}
 	}
 	abs("admin.token_file", &d.cfg.Admin.TokenFile)

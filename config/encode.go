@@ -47,6 +47,11 @@ func encode(v reflect.Value) *yaml.Node {
 		return scalar("!!str", p.String())
 	case hashKeyType:
 		return scalar("!!str", v.Interface().(HashKey).String())
+	case secureType:
+		if v.String() == string(SecureAuto) {
+			return scalar("!!str", v.String())
+		}
+		return scalar("!!bool", v.String())
 	}
 	switch v.Kind() {
 	case reflect.Pointer:

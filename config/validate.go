@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"net"
@@ -367,8 +368,73 @@ func (d *decoder) validateRoutes() {
 			d.failAt(path+".max_sessions", "must not be negative (0 means no cap of its own)")
 		}
 		d.validateIdentity(path, &c.Routes[i])
+		if r.Affinity != nil {
+			d.validateAffinity(path, &r)
+		}
 		d.validateRouteLimits(path, r.Limits)
 	}
+}
+
+// validateAffinity validates a route's affinity block.
+func (d *decoder) validateAffinity(route string, r *Route) {
+	path, a := route+".affinity", r.Affinity
+	switch {
+	case a.Cookie == "":
+		d.failAt(path+".cookie", "missing: the cookie needs a name, like wsp_backend")
+	case !isCookieName(a.Cookie):
+		d.failAt(path+".cookie", "%q is not a cookie name: want letters, digits and !#$%%&'*+-.^_`|~", a.Cookie)
+	case r.HashKey.Kind == HashCookie && r.HashKey.Name == a.Cookie:
+		d.failAt(path+".cookie", "%q is also the route's hash_key: the hash places clients without a valid affinity cookie, so it cannot read that cookie", a.Cookie)
+	}
+	switch {
+	case a.TTL < 0:
+		d.failAt(path+".ttl", "must not be negative (0 means a browser-session cookie)")
+	case a.TTL > 0 && a.TTL < time.Second:
+		d.failAt(path+".ttl", "%v is shorter than a second, the unit of a cookie's Max-Age (0 means a browser-session cookie)", a.TTL)
+	}
+	switch a.SameSite {
+	case "lax", "strict":
+	case "none":
+		if a.Secure == SecureNever {
+			d.failAt(path+".same_site", "none needs secure auto or true: browsers drop a SameSite=None cookie that is not Secure")
+		}
+	default:
+		d.failAt(path+".same_site", "unknown value %q: want lax, strict or none", a.SameSite)
+	}
+	if a.KeyFile == "" || d.unexpanded[path+".key_file"] {
+		return
+	}
+	key, err := ReadAffinityKey(a.KeyFile)
+	if err != nil {
+		d.failAt(path+".key_file", "%v", err)
+		return
+	}
+	clear(key)
+}
+
+// ReadAffinityKey reads an affinity key_file: its bytes without a trailing
+// newline, at least MinAffinityKeyBytes of them.
+func ReadAffinityKey(file string) ([]byte, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s: %v", file, unwrapPathError(err))
+	}
+	key := bytes.TrimRight(data, "\r\n")
+	if len(key) < MinAffinityKeyBytes {
+		return nil, fmt.Errorf("%s holds %d bytes: want at least %d, like the output of openssl rand -base64 32", file, len(key), MinAffinityKeyBytes)
+	}
+	return key, nil
+}
+
+// isCookieName reports whether s is an RFC 6265 cookie-name (a token).
+func isCookieName(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || strings.IndexByte("()<>@,;:\\\"/[]?={}", c) >= 0 {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // validateRouteLimits validates a route's limits. They start from the

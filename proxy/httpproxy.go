@@ -75,14 +75,14 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 	if !s.authenticate(ctx, rt, &f) {
 		return
 	}
-	key := rt.key.Hash(&ctx.Request, clientIP)
-	b := rt.pool.lb.PickUnbounded(key)
+	pr.choice = s.choose(&ctx.Request, rt, clientIP)
+	b := pr.choice.pickPlain(rt.pool.lb)
 	if b == nil {
 		refuse(ctx, noBackend.status, noBackend.reason, noBackend.retryAfter)
 		return
 	}
 	backend = b.Addr
-	pr.key, pr.b, pr.hc = key, b, rt.pool.clients[b.Addr]
+	pr.b, pr.hc = b, rt.pool.clients[b.Addr]
 	bp := reqPool.Get().(*[]byte)
 	defer reqPool.Put(bp)
 	err := pr.build((*bp)[:0], &f, peer)
@@ -97,11 +97,11 @@ func (s *Server) serveProxyHTTP(ctx *fasthttp.RequestCtx, rt *route) {
 
 // plainRequest is a plain HTTP request on its way to a backend.
 type plainRequest struct {
-	ctx *fasthttp.RequestCtx
-	rt  *route
-	key uint64
-	b   *balancer.Backend // the backend it goes to
-	hc  *httpClient       // b's
+	ctx    *fasthttp.RequestCtx
+	rt     *route
+	choice choice            // the backend choice's key and affinity
+	b      *balancer.Backend // the backend it goes to
+	hc     *httpClient       // b's
 	// msg is the request as the backend gets it, its body too unless it
 	// is streamed.
 	msg     []byte
@@ -165,7 +165,7 @@ func (s *Server) sendPlain(pr *plainRequest) {
 				tried = append(tried, pr.b)
 				var next *balancer.Backend
 				if v.kind == failUnreachable && len(tried) < s.attempts {
-					next = rt.pool.lb.PickExcluding(pr.key, tried)
+					next = rt.pool.lb.PickExcluding(pr.choice.key, tried)
 				}
 				if next == nil {
 					s.httpFailed(ctx, rt, pr.b, err, exchange{})
@@ -221,6 +221,7 @@ func (s *Server) exchangePlain(pr *plainRequest, bc *backendConn) error {
 	if s.health != nil {
 		s.health.ReportSuccess(pr.b.Addr)
 	}
+	s.setAffinityCookie(&ctx.Response.Header, &pr.choice, pr.b, ctx.IsTLS())
 	if early {
 		bc.readTimeout = rt.limits.ReadTimeout
 		ctx.SetConnectionClose() // the rest of the upload goes unread

@@ -322,6 +322,8 @@ var (
 		"Times a listener stopped accepting because the client connections were at the connection limit.", nil, nil)
 	descEvicted = prometheus.NewDesc("wsproxy_connections_evicted_total",
 		"Idle keep-alive connections closed to make room at the connection limit or when out of descriptors.", nil, nil)
+	descAffinity = prometheus.NewDesc("wsproxy_affinity_cookies_total",
+		"Requests on routes with an affinity cookie by what became of it: absent, honoured, invalid (malformed, forged, of another pool, of a backend no longer in the pool), unavailable (its backend down or draining); set counts the cookies set.", []string{"outcome"}, nil)
 	descAcceptErrors = prometheus.NewDesc("wsproxy_accept_errors_total",
 		"Accepts that failed and were retried, by reason: emfile, enfile (out of descriptors), enobufs, enomem (out of kernel memory), other (a connection that died in the backlog).", []string{"reason"}, nil)
 )
@@ -343,6 +345,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 		descLocalResources, descHTTPClientAborts, descHTTPRetries,
 		descConnections, descConnectionLimit, descAcceptPaused, descEvicted, descAcceptErrors,
 		descAuth,
+		descAffinity,
 	} {
 		ch <- d
 	}
@@ -507,6 +510,10 @@ func (c collector) collectStats(e emitter) {
 	for k, label := range acceptErrLabels {
 		counter(descAcceptErrors, st.AcceptErrors[k].Load(), label)
 	}
+	for k, label := range affinityLabels {
+		counter(descAffinity, st.Affinity[k].Load(), label)
+	}
+	counter(descAffinity, st.AffinitySet.Load(), "set")
 }
 
 // collectBackends sends each backend's weight, drain mark and health.

@@ -51,7 +51,8 @@ type route struct {
 	// maxSessions caps the route's tickets (metrics.admitted); 0: none.
 	maxSessions int64
 	// auth is the route's authentication; nil for none.
-	auth *routeAuth
+	auth     *routeAuth
+	affinity *affinity // nil: none (see affinity.go)
 }
 
 // pool is a backend pool: the balancer and, for plain HTTP, one client per
@@ -124,6 +125,10 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		lbConfigs[name] = lc
 		t.pools[name] = p
 	}
+	keys, err := affinityKeys(c.Routes)
+	if err != nil {
+		return nil, err
+	}
 	auths := make([]*routeAuth, len(c.Routes))
 	for i := range c.Routes {
 		var err error
@@ -144,8 +149,10 @@ func (s *Server) buildTable(c *config.Config, old *table) (*table, error) {
 		}
 	}
 	for i := range c.Routes {
-		t.routes = append(t.routes, s.buildRoute(&c.Routes[i], t))
-		t.routes[len(t.routes)-1].auth = auths[i]
+		r := s.buildRoute(&c.Routes[i], t)
+		r.auth = auths[i]
+		r.affinity = newAffinity(c.Routes[i].Affinity, keys[i], r.path, r.pool)
+		t.routes = append(t.routes, r)
 	}
 	sort.SliceStable(t.routes, func(i, j int) bool {
 		if len(t.routes[i].path) != len(t.routes[j].path) {

@@ -77,6 +77,11 @@ type Stats struct {
 	// Auth counts authentication outcomes by step (authStepLabels) and
 	// outcome (authOutcomeLabels).
 	Auth [len(authStepLabels)][authOutcomes]atomic.Int64
+	// Affinity counts requests on routes with an affinity cookie by what
+	// became of their cookie (affinityOutcome); AffinitySet the cookies
+	// set or replaced.
+	Affinity    [len(affinityLabels)]atomic.Int64
+	AffinitySet atomic.Int64
 }
 
 // HandshakeLimited returns the upgrades refused by any admission limit.

@@ -66,7 +66,7 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 		*bp = request[:0]
 		reqPool.Put(bp)
 	}()
-	s.upgrade(ctx, rt, rt.key.Hash(&ctx.Request, clientIP), request, &tk)
+	s.upgrade(ctx, rt, s.choose(&ctx.Request, rt, clientIP), request, &tk)
 }
 
 // acceptUpgrade refuses an upgrade request that is malformed, from an
@@ -94,12 +94,13 @@ func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
 	return true
 }
 
-// upgrade sends the upgrade request to the backends the hash picks, the
-// next one only when nothing reached the last, and relays the first
+// upgrade sends the upgrade request to the backend the choice names (an
+// affinity cookie's, else the hash's), the next one only when nothing
+// reached the last, and relays the first
 // answer: a refusal as it is, a 101 as a session, which takes the ticket.
 // The handshakes end with the server's lifetime or the route's
 // handshake_timeout.
-func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, request []byte, tk *ticket) {
+func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request []byte, tk *ticket) {
 	s.upgrading.Add(1)
 	started := false // then the hijack handler counts it out
 	defer func() {
@@ -113,10 +114,13 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, reques
 	var last verdict
 	for attempt := 0; attempt < s.attempts; attempt++ {
 		var b *balancer.Backend
-		if attempt == 0 && continuesSession(&ctx.Request) {
-			b = rt.pool.lb.PickUnbounded(key)
-		} else {
-			b = rt.pool.lb.PickExcluding(key, tried)
+		switch {
+		case attempt == 0 && c.sticky != nil:
+			b = c.sticky // a valid affinity cookie holds whatever the loads
+		case attempt == 0 && continuesSession(&ctx.Request):
+			b = rt.pool.lb.PickUnbounded(c.key)
+		default:
+			b = rt.pool.lb.PickExcluding(c.key, tried)
 		}
 		if b == nil {
 			break
@@ -138,6 +142,7 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, key uint64, reques
 			s.relayRefusal(ctx, conn, answer)
 			return
 		}
+		answer.head = s.stampHead(answer.head, &c, b, ctx.IsTLS())
 		s.startSession(ctx, rt, b, conn, answer, *tk)
 		started = true
 		*tk = ticket{} // the session holds it now
