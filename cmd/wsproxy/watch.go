@@ -103,6 +103,9 @@ func watchedFiles(path string, cfg *config.Config) []string {
 		if r.JWT != nil {
 			files = append(files, r.JWT.JWKSFile)
 		}
+		if r.Affinity != nil {
+			files = append(files, r.Affinity.KeyFile)
+		}
 	}
 	files = append(files, cfg.Admin.TokenFile)
 	files = slices.DeleteFunc(files, func(f string) bool { return f == "" })
