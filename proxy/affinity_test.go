@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"testing"
 
 	"github.com/fasthttp/websocket"
+	"github.com/valyala/fasthttp"
 
 	"github.com/wsproxy/wsproxy/config"
 	"github.com/wsproxy/wsproxy/internal/testpki"
@@ -166,15 +168,16 @@ func TestAffinitySocketIOPattern(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addrs := startEIOPool(t)
-			p := startProxy(t, fmt.Sprintf(affinityConfig, tc.secure), addrs...)
-			base, clientTLS := "http://"+p.ln.Addr().String(), (*tls.Config)(nil)
+			var p *testProxy
+			var clientTLS *tls.Config
+			base := "http://"
 			if tc.tls {
-				tp := startTLSProxy(t, fmt.Sprintf(affinityConfig, tc.secure), ts, addrs...)
-				p.stop()
-				p = tp
-				base = "https://" + p.ln.Addr().String()
-				clientTLS = &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+				p = startTLSProxy(t, fmt.Sprintf(affinityConfig, tc.secure), ts, addrs...)
+				base, clientTLS = "https://", &tls.Config{RootCAs: ca.Pool(), ServerName: "localhost"}
+			} else {
+				p = startProxy(t, fmt.Sprintf(affinityConfig, tc.secure), addrs...)
 			}
+			base += p.ln.Addr().String()
 			const clients = 30
 			spread := map[string]int{}
 			for i := 0; i < clients; i++ {
@@ -595,4 +598,37 @@ func encodeTag(tag [tagLen]byte) string { return base64.RawURLEncoding.EncodeToS
 func acceptKey(key string) string {
 	h := sha1.Sum([]byte(key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	return base64.StdEncoding.EncodeToString(h[:])
+}
+
+// TestAffinityChoiceAllocs: the backend choice of a request with a valid
+// cookie, one with a forged cookie and one without, and the Set-Cookie of
+// a plain response, allocate nothing.
+func TestAffinityChoiceAllocs(t *testing.T) {
+	addrs := startEIOPool(t)
+	p := startProxy(t, fmt.Sprintf(affinityConfig, ""), addrs...)
+	rt := p.srv.table.Load().routes[0]
+	e := &rt.affinity.entries[1]
+	valid := []byte("io=abc; wsp_backend=" + encodeTag(e.tag))
+	forged := []byte("wsp_backend=" + strings.Repeat("A", 22))
+	ip := netip.MustParseAddr("127.0.0.1")
+	var reqs [3]fasthttp.Request
+	for i, c := range [][]byte{valid, forged, nil} {
+		reqs[i].SetRequestURI("/socket.io/?EIO=4&transport=polling")
+		if c != nil {
+			reqs[i].Header.SetBytesV("Cookie", c)
+		}
+	}
+	var resp fasthttp.Response
+	if c := p.srv.choose(&reqs[0], rt, ip); c.sticky != e.b {
+		t.Fatalf("the valid cookie chose %v, want %s", c.sticky, e.b.Addr)
+	}
+	if n := testing.AllocsPerRun(200, func() {
+		for i := range reqs {
+			c := p.srv.choose(&reqs[i], rt, ip)
+			resp.Header.Reset()
+			p.srv.setAffinityCookie(&resp.Header, &c, c.pickPlain(rt.pool.lb), false)
+		}
+	}); n != 0 {
+		t.Fatalf("%v allocations per three requests", n)
+	}
 }
