@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
@@ -24,6 +25,12 @@ import (
 	"github.com/wsproxy/wsproxy/internal/testpki"
 	"github.com/wsproxy/wsproxy/tlsconf"
 )
+
+// testTimeout bounds every exchange of these tests, so that a proxy that
+// fails to answer fails the test rather than hanging it.
+const testTimeout = 10 * time.Second
+
+var timedClient = &http.Client{Timeout: testTimeout}
 
 // affinityConfig is a route on three engine.io-like backends, hashed on
 // the client address, with an affinity cookie; %s is the affinity block's
@@ -63,8 +70,8 @@ func newEIOClient(t *testing.T, base string, tc *tls.Config) *eioClient {
 	tr := &http.Transport{TLSClientConfig: tc}
 	t.Cleanup(tr.CloseIdleConnections)
 	return &eioClient{t: t, base: base, jar: jar,
-		http: &http.Client{Jar: jar, Transport: tr},
-		ws:   websocket.Dialer{Jar: jar, TLSClientConfig: tc}}
+		http: &http.Client{Jar: jar, Transport: tr, Timeout: testTimeout},
+		ws:   websocket.Dialer{Jar: jar, TLSClientConfig: tc, HandshakeTimeout: testTimeout}}
 }
 
 // poll long-polls: a new session without sid, else the client's own. It
@@ -110,6 +117,7 @@ func (c *eioClient) upgrade() {
 		c.t.Fatalf("session %s: upgrade: %v (status %d)", c.sid, err, status)
 	}
 	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(testTimeout))
 	c.noteCookies(resp.Header)
 	if err := conn.WriteMessage(websocket.TextMessage, []byte("2probe")); err != nil {
 		c.t.Fatal(err)
@@ -243,6 +251,7 @@ func TestAffinityUpgradeSetsCookie(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(testTimeout))
 		var extra []string
 		if cookie != "" {
 			extra = append(extra, "Cookie: io=abc; "+cookie)
@@ -430,7 +439,7 @@ pools:
 		if cookie != "" {
 			req.Header.Set("Cookie", "wsp_backend="+cookie)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := timedClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -518,7 +527,7 @@ func TestAffinityFleetSharesKey(t *testing.T) {
 			for i := 0; i < 5; i++ { // a pick at random would miss in 5 tries with odds 1/243
 				req, _ := http.NewRequest("GET", "http://"+tc.p.ln.Addr().String()+"/socket.io/?EIO=4&transport=polling&sid="+c.sid, nil)
 				req.Header.Set("Cookie", "wsp_backend="+cookie)
-				resp, err := http.DefaultClient.Do(req)
+				resp, err := timedClient.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -550,7 +559,7 @@ pools:
     backends: [{address: "{{B0}}"}, {address: "{{B1}}"}]
 `, b0.addr(), b1.addr())
 	jar, _ := cookiejar.New(nil)
-	d := websocket.Dialer{Jar: jar}
+	d := websocket.Dialer{Jar: jar, HandshakeTimeout: testTimeout}
 	const sessions = 6
 	var home *testBackend
 	for i := 0; i < sessions; i++ {
@@ -571,7 +580,7 @@ pools:
 		t.Fatalf("%d of %d sessions on the cookie's backend", conns(home), sessions)
 	}
 	// Without the cookie the bound places the next session on the other.
-	c, _, err := websocket.DefaultDialer.Dial(p.url("/ws"), nil)
+	c, _, err := (&websocket.Dialer{HandshakeTimeout: testTimeout}).Dial(p.url("/ws"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
