@@ -140,3 +140,33 @@ func BenchmarkKeySpecHash(b *testing.B) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestKeySpecNames: Names reports whether a request carries what the key
+// reads, so that Hash does not fall back to the address.
+func TestKeySpecNames(t *testing.T) {
+	var req fasthttp.Request
+	req.SetRequestURI("/room/1?sid=abc&empty=")
+	req.Header.Set("X-User", "u1")
+	req.Header.Set("Cookie", "io=s1; blank=")
+	for _, tc := range []struct {
+		k    KeySpec
+		want bool
+	}{
+		{KeySpec{Kind: KeyIP}, false},
+		{KeySpec{Kind: KeyHeader, Name: "X-User"}, true},
+		{KeySpec{Kind: KeyHeader, Name: "X-Other"}, false},
+		{KeySpec{Kind: KeyCookie, Name: "io"}, true},
+		{KeySpec{Kind: KeyCookie, Name: "blank"}, false},
+		{KeySpec{Kind: KeyQuery, Name: "sid"}, true},
+		{KeySpec{Kind: KeyQuery, Name: "empty"}, false},
+		{KeySpec{Kind: KeyPath}, true},
+	} {
+		if got := tc.k.Names(&req); got != tc.want {
+			t.Errorf("%v: Names %v, want %v", tc.k, got, tc.want)
+		}
+		addr := netip.MustParseAddr("192.0.2.1")
+		if fell := tc.k.Hash(&req, addr) == hashAddr(addr); fell == tc.want {
+			t.Errorf("%v: Names %v but Hash fell back to the address: %v", tc.k, tc.want, fell)
+		}
+	}
+}

@@ -641,3 +641,31 @@ func TestAffinityChoiceAllocs(t *testing.T) {
 		t.Fatalf("%v allocations per three requests", n)
 	}
 }
+
+// BenchmarkAffinityChoose is the backend choice of a request carrying a
+// valid cookie, on a pool of 3 and of 64 backends.
+func BenchmarkAffinityChoose(b *testing.B) {
+	for _, n := range []int{3, 64} {
+		b.Run(fmt.Sprintf("%d backends", n), func(b *testing.B) {
+			var list []string
+			for i := 0; i < n; i++ {
+				list = append(list, fmt.Sprintf(`{address: "127.0.0.1:%d"}`, 20000+i))
+			}
+			p := startProxy(b, `
+listeners: [{address: "127.0.0.1:0"}]
+routes: [{path: /, pool: p, affinity: {}}]
+pools: {p: {backends: [`+strings.Join(list, ", ")+`]}}
+`)
+			rt := p.srv.table.Load().routes[0]
+			var req fasthttp.Request
+			req.Header.Set("Cookie", "io=abc; wsp_backend="+encodeTag(rt.affinity.entries[n/2].tag))
+			ip := netip.MustParseAddr("127.0.0.1")
+			b.ReportAllocs()
+			for b.Loop() {
+				if c := p.srv.choose(&req, rt, ip); c.sticky == nil {
+					b.Fatal("not honoured")
+				}
+			}
+		})
+	}
+}

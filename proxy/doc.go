@@ -13,6 +13,7 @@
 //	              with authcache.go its cache, and jwt.go the JWT step
 //	handshake.go  the upgrade request to the backend and its answer
 //	websocket.go  serving an upgrade: attempts, refusals, starting a session
+//	affinity.go   the backend choice: an affinity cookie, else the hash
 //	session.go    a proxied session: the relay's, plus what the proxy
 //	              keeps for routing, drains and metrics; the relay's hooks
 //	httpproxy.go  plain HTTP requests, with httpclient.go its backend pool
