@@ -328,6 +328,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if err == nil {
 		err = herr
 	}
+	// A Serve that raced this call may have handed fasthttp its listener
+	// after fasthttp's Shutdown closed the ones it knew of.
+	s.mu.Lock()
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	s.mu.Unlock()
 	s.pollers.Close()
 	return err
 }

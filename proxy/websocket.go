@@ -96,8 +96,8 @@ func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
 
 // upgrade sends the upgrade request to the backend the choice names (an
 // affinity cookie's, else the hash's), the next one only when nothing
-// reached the last, and relays the first
-// answer: a refusal as it is, a 101 as a session, which takes the ticket.
+// reached the last, and relays the first answer: a refusal as it is, a
+// 101 as a session, which takes the ticket.
 // The handshakes end with the server's lifetime or the route's
 // handshake_timeout.
 func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request []byte, tk *ticket) {
