@@ -51,25 +51,7 @@ func startWithFileLimit(t *testing.T, nofile int, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], append([]string{wsproxyBinary(t)}, args...)...)
 	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", nofileEnv, nofile))
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	cmd.Stdout = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return runProcess(t, cmd)
 }
 
 // metricValue reads one sample from the admin /metrics, e.g.

@@ -215,10 +215,19 @@ func (s *syncBuffer) String() string {
 
 func startProcess(t *testing.T, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(wsproxyBinary(t), args...)
+	return runProcess(t, exec.Command(wsproxyBinary(t), args...))
+}
+
+// runProcess starts cmd, its output collected in the process's buffer
+// unless cmd already has a place for it, and kills it at the end of the
+// test if it is still running.
+func runProcess(t *testing.T, cmd *exec.Cmd) *process {
+	t.Helper()
 	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	cmd.Stdout = p.stderr
+	if cmd.Stderr == nil {
+		cmd.Stderr = p.stderr
+		cmd.Stdout = p.stderr
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

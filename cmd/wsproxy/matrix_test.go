@@ -227,26 +227,7 @@ func deploy(t *testing.T, bin string, ca *testpki.CA, leaf testpki.Leaf, c matri
 // startBinary runs bin like startProcess runs the race-built binary.
 func startBinary(t *testing.T, bin string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stderr = p.stderr
-	cmd.Stdout = p.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
-	return p
+	return runProcess(t, exec.Command(bin, args...))
 }
 
 // runCase runs one case and then judges whether the backend was blamed.

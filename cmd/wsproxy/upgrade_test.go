@@ -77,27 +77,12 @@ func startUpgradable(t *testing.T, bin string, args ...string) *process {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = w, w
-	p := &process{cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	p := runProcess(t, cmd)
 	w.Close()
 	go func() {
 		io.Copy(p.stderr, r)
 		r.Close()
 	}()
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			cmd.Process.Kill()
-			<-p.done
-		}
-	})
 	return p
 }
 
