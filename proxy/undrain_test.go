@@ -106,30 +106,35 @@ pools:
     backends:
 %s`
 
+// backendList is the backends: lines of a pool holding bs.
+func backendList(bs ...*testBackend) string {
+	s := ""
+	for _, b := range bs {
+		s += fmt.Sprintf("      - {address: %q}\n", b.addr())
+	}
+	return s
+}
+
+// reloadProxy applies the config text to p as a reload does.
+func reloadProxy(t *testing.T, p *testProxy, text string) {
+	t.Helper()
+	cfg, err := config.Parse("reload.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.srv.Update(cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestReaddedBackendKeepsSessions removes a backend by a reload and adds
 // it back by the next while its sessions are being drained: the drain
 // stops, the sessions still open stay open, and the backend's live count
 // (in Status and for bounded loads) still holds them.
 func TestReaddedBackendKeepsSessions(t *testing.T) {
 	b0, b1 := startBackend(t, "b0"), startBackend(t, "b1")
-	list := func(bs ...*testBackend) string {
-		s := ""
-		for _, b := range bs {
-			s += fmt.Sprintf("      - {address: %q}\n", b.addr())
-		}
-		return s
-	}
-	p := startProxy(t, fmt.Sprintf(readdConfig, list(b0)))
-	reload := func(bs ...*testBackend) {
-		t.Helper()
-		cfg, err := config.Parse("reload.yaml", []byte(fmt.Sprintf(readdConfig, list(bs...))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.srv.Update(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := startProxy(t, fmt.Sprintf(readdConfig, backendList(b0)))
+	reload := func(bs ...*testBackend) { t.Helper(); reloadProxy(t, p, fmt.Sprintf(readdConfig, backendList(bs...))) }
 	const n = 50
 	closes := make(chan struct{}, n)
 	var cs []*watchedClient
@@ -234,24 +239,8 @@ pools:
     backends:
 %s`
 	b0, b1 := startBackend(t, "b0"), startBackend(t, "b1")
-	list := func(bs ...*testBackend) string {
-		s := ""
-		for _, b := range bs {
-			s += fmt.Sprintf("      - {address: %q}\n", b.addr())
-		}
-		return s
-	}
-	p := startProxy(t, fmt.Sprintf(cfgText, list(b0)))
-	reload := func(bs ...*testBackend) {
-		t.Helper()
-		cfg, err := config.Parse("reload.yaml", []byte(fmt.Sprintf(cfgText, list(bs...))))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.srv.Update(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := startProxy(t, fmt.Sprintf(cfgText, backendList(b0)))
+	reload := func(bs ...*testBackend) { t.Helper(); reloadProxy(t, p, fmt.Sprintf(cfgText, backendList(bs...))) }
 	const n = 20
 	closes := make(chan struct{}, n)
 	var cs []*watchedClient
@@ -303,7 +292,7 @@ func TestSessionRegisteredDuringReloadDrains(t *testing.T) {
 	})
 	b1 := startBackend(t, "b1")
 	cfg := func(b *testBackend) string {
-		return strings.Replace(fmt.Sprintf(readdConfig, fmt.Sprintf("      - {address: %q}\n", b.addr())), "drain_timeout: 5s", "drain_timeout: 300ms", 1)
+		return strings.Replace(fmt.Sprintf(readdConfig, backendList(b)), "drain_timeout: 5s", "drain_timeout: 300ms", 1)
 	}
 	p := startProxy(t, cfg(b0))
 	dialed := make(chan *websocket.Conn, 1)
@@ -315,13 +304,7 @@ func TestSessionRegisteredDuringReloadDrains(t *testing.T) {
 		dialed <- c
 	}()
 	<-arrived // the proxy waits for b0's 101
-	next, err := config.Parse("reload.yaml", []byte(cfg(b1)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.srv.Update(next); err != nil {
-		t.Fatal(err)
-	}
+	reloadProxy(t, p, cfg(b1))
 	close(release) // the session registers after the reload
 	c := <-dialed
 	if c == nil {
@@ -329,7 +312,7 @@ func TestSessionRegisteredDuringReloadDrains(t *testing.T) {
 	}
 	defer c.Close()
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, _, err = c.ReadMessage()
+	_, _, err := c.ReadMessage()
 	if code, _ := closeCode(err); code != 1001 {
 		t.Fatalf("the late session ended with %v, want a drain close 1001", err)
 	}
