@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -32,9 +31,6 @@ const (
 	unreadKeepAlive = 256 << 10
 )
 
-// lingering counts lingering closes in progress.
-var lingering atomic.Int64
-
 // unreadBody reports whether the client's request body is still, in large
 // part, unread: cb is the reader the proxy used for it (cb.r nil when the
 // proxy answered before it started).
@@ -51,8 +47,8 @@ func unreadBody(ctx *fasthttp.RequestCtx, cb *clientBody) bool {
 // lingerClose has the proxy's answer in ctx written on a connection that
 // then lingers, reads what the client still sends and closes.
 func (s *Server) lingerClose(ctx *fasthttp.RequestCtx) {
-	if lingering.Add(1) > maxLingering {
-		lingering.Add(-1)
+	if s.lingering.Add(1) > maxLingering {
+		s.lingering.Add(-1)
 		ctx.SetConnectionClose()
 		return
 	}
@@ -64,14 +60,14 @@ func (s *Server) lingerClose(ctx *fasthttp.RequestCtx) {
 	answer := []byte(resp.String())
 	fasthttp.ReleaseResponse(resp)
 	ctx.HijackSetNoResponse(true)
-	ctx.Hijack(func(c net.Conn) { linger(c, answer) })
+	ctx.Hijack(func(c net.Conn) { s.linger(c, answer) })
 }
 
 // linger writes answer, shuts down the write side and discards what the
 // client sends until it closes, lingerTime passes or lingerBytes were
 // read; then it closes c.
-func linger(c net.Conn, answer []byte) {
-	defer lingering.Add(-1)
+func (s *Server) linger(c net.Conn, answer []byte) {
+	defer s.lingering.Add(-1)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(lingerTime))
 	if _, err := c.Write(answer); err != nil {

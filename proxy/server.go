@@ -87,6 +87,8 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	stopping  atomic.Bool
+	// lingering counts lingering closes in progress (linger.go).
+	lingering atomic.Int64
 	// handover: another process accepts on the same sockets (Handover).
 	handover atomic.Bool
 	// upgrading counts upgrade handshakes from their first backend dial
