@@ -121,10 +121,41 @@ func New() (*Poller, error) {
 	return p, nil
 }
 
+// Flags choose what a registration reports beyond readability and
+// hang-ups.
+type Flags uint32
+
+const (
+	// Writable also reports when the socket can take more bytes: a
+	// non-blocking connect that completed or failed, or room in a send
+	// buffer that was full.
+	Writable Flags = 1 << iota
+	// Exclusive wakes only one of the pollers watching the same
+	// descriptor (EPOLLEXCLUSIVE): for a listening socket every loop
+	// accepts from. An Exclusive registration cannot be modified.
+	Exclusive
+)
+
+func (f Flags) events() uint32 {
+	ev := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET)
+	if f&Writable != 0 {
+		ev |= unix.EPOLLOUT
+	}
+	if f&Exclusive != 0 {
+		ev |= unix.EPOLLEXCLUSIVE
+	}
+	return ev
+}
+
 // Add starts watching fd for readability and hang-ups, edge-triggered: h is
 // told when new data arrives, so its reader must read until the socket has
 // nothing more (a short read counts) before it can count on another call.
 func (p *Poller) Add(fd int, h Handler) (Registration, error) {
+	return p.AddFlags(fd, 0, h)
+}
+
+// AddFlags is Add with more to report, as f says.
+func (p *Poller) AddFlags(fd int, f Flags, h Handler) (Registration, error) {
 	p.mu.Lock()
 	if p.closed.Load() {
 		p.mu.Unlock()
@@ -144,7 +175,7 @@ func (p *Poller) Add(fd int, h Handler) (Registration, error) {
 	token := uint64(s.gen)<<32 | uint64(idx)
 	p.mu.Unlock()
 
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET}
+	ev := unix.EpollEvent{Events: f.events()}
 	putToken(&ev, token)
 	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		p.release(token)
@@ -152,6 +183,46 @@ func (p *Poller) Add(fd int, h Handler) (Registration, error) {
 	}
 	return Registration{p: p, fd: fd, token: token}, nil
 }
+
+// Modify changes what the registration reports, keeping its handler: for
+// instance a connect that completed no longer needs Writable. Edge
+// triggering starts over, so the handler hears of data already waiting.
+func (r Registration) Modify(f Flags) error {
+	if r.p == nil {
+		return ErrClosed
+	}
+	ev := unix.EpollEvent{Events: f.events()}
+	putToken(&ev, r.token)
+	if err := unix.EpollCtl(r.p.epfd, unix.EPOLL_CTL_MOD, r.fd, &ev); err != nil {
+		return fmt.Errorf("poller: epoll_ctl mod: %w", err)
+	}
+	return nil
+}
+
+// Rebind makes h the registration's handler from the next batch of events
+// on, without a system call: a connection whose handshake was driven by
+// one handler goes on with another (its relay). Events of the current
+// batch may still reach the old handler. It reports false if the
+// registration was removed.
+func (r Registration) Rebind(h Handler) bool {
+	if r.p == nil {
+		return false
+	}
+	idx, gen := uint32(r.token), uint32(r.token>>32)
+	r.p.mu.Lock()
+	defer r.p.mu.Unlock()
+	if int(idx) >= len(r.p.slots) || r.p.slots[idx].gen != gen || r.p.slots[idx].h == nil {
+		return false
+	}
+	r.p.slots[idx].h = h
+	return true
+}
+
+// Poller reports the poller the registration belongs to.
+func (r Registration) Poller() *Poller { return r.p }
+
+// FD reports the watched descriptor.
+func (r Registration) FD() int { return r.fd }
 
 // Remove stops calling the handler. It must be called before the
 // descriptor is closed, and the descriptor must then be closed: the kernel
@@ -268,6 +339,10 @@ func NewGroup(n int) (*Group, error) {
 func (g *Group) Pick() *Poller {
 	return g.pollers[int(g.next.Add(1))%len(g.pollers)]
 }
+
+// Pollers returns the group's pollers, for a descriptor every one of them
+// watches (a listening socket added with Exclusive).
+func (g *Group) Pollers() []*Poller { return g.pollers }
 
 // Len reports how many descriptors the group watches.
 func (g *Group) Len() int {

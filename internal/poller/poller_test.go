@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 type chanHandler chan struct{}
@@ -38,7 +40,7 @@ func pair(t *testing.T) (a, b net.Conn) {
 	return a, b
 }
 
-func fdOf(t *testing.T, c net.Conn) int {
+func fdOf(t *testing.T, c any) int {
 	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -202,5 +204,97 @@ func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) {
 			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestWritableConnect(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	h := make(chanHandler, 1)
+	reg, err := p.AddFlags(fd, Writable, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Remove()
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil && err != unix.EINPROGRESS {
+		t.Fatal(err)
+	}
+	wait(t, h, true) // the connect completed
+	if e, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || e != 0 {
+		t.Fatalf("SO_ERROR %d %v", e, err)
+	}
+	if err := reg.Modify(0); err != nil {
+		t.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wait(t, h, false) // writability is no longer reported
+	c.Write([]byte("x"))
+	wait(t, h, true)
+}
+
+func TestExclusiveListenerAndRebind(t *testing.T) {
+	g, err := NewGroup(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	lfd := fdOf(t, ln)
+	h := make(chanHandler, 4)
+	for _, p := range g.Pollers() {
+		reg, err := p.AddFlags(lfd, Exclusive, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Remove()
+	}
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wait(t, h, true)
+
+	a, b := pair(t)
+	p := g.Pick()
+	first, second := make(chanHandler, 1), make(chanHandler, 1)
+	reg, err := p.Add(fdOf(t, b), first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reg.Poller() != p || reg.FD() != fdOf(t, b) {
+		t.Fatal("registration does not say where it is")
+	}
+	if !reg.Rebind(second) {
+		t.Fatal("Rebind of a live registration failed")
+	}
+	a.Write([]byte("x"))
+	wait(t, second, true)
+	wait(t, first, false)
+	reg.Remove()
+	if reg.Rebind(first) {
+		t.Fatal("Rebind after Remove succeeded")
 	}
 }
