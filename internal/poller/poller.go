@@ -142,7 +142,9 @@ func (f Flags) events() uint32 {
 		ev |= unix.EPOLLOUT
 	}
 	if f&Exclusive != 0 {
-		ev |= unix.EPOLLEXCLUSIVE
+		// The kernel takes no EPOLLRDHUP beside EPOLLEXCLUSIVE; a
+		// listening socket has no peer to hang up anyway.
+		ev = ev&^unix.EPOLLRDHUP | unix.EPOLLEXCLUSIVE
 	}
 	return ev
 }
