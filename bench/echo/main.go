@@ -3,6 +3,11 @@
 // proxies under test sit in front of the same server.
 //
 //	echo -addr 127.0.0.1:9001 [-max-message 16MiB]
+//	     [-tls-addr 127.0.0.1:9443 -cert cert.pem -key key.pem]
+//
+// With -tls-addr it also serves wss (TLS 1.3, no session tickets) there,
+// so that the load client can reach it over TLS directly: the limit of the
+// machine for the TLS rounds.
 //
 // Each message is read whole into a buffer the connection keeps and sent
 // back as a single frame, so a 1 MiB message costs one copy and no
@@ -12,6 +17,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"io"
@@ -31,6 +37,9 @@ func main() {
 	maxMsg := flag.Int64("max-message", 16<<20, "largest message accepted, in bytes")
 	readBuf := flag.Int("read-buffer", 8<<10, "read buffer per connection, in bytes")
 	writeBuf := flag.Int("write-buffer", 8<<10, "pooled write buffer, in bytes")
+	tlsAddr := flag.String("tls-addr", "", "also serve wss on this address (needs -cert and -key)")
+	certFile := flag.String("cert", "", "with -tls-addr: certificate (PEM)")
+	keyFile := flag.String("key", "", "with -tls-addr: private key (PEM)")
 	flag.Parse()
 	raiseFileLimit()
 
@@ -87,7 +96,31 @@ func main() {
 		<-ch
 		os.Exit(0)
 	}()
+	if *tlsAddr != "" {
+		cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tln, err := net.Listen("tcp", *tlsAddr)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tln = tls.NewListener(tln, &tls.Config{
+			Certificates:           []tls.Certificate{cert},
+			MinVersion:             tls.VersionTLS13,
+			SessionTicketsDisabled: true,
+		})
+		log.Printf("echo listening on %s (TLS)", tln.Addr())
+		go serveTLS(srv, tln)
+	}
 	log.Printf("echo listening on %s", ln.Addr())
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
+		log.Fatal(err)
+	}
+}
+
+// serveTLS serves the TLS listener beside the plain one.
+func serveTLS(srv *fasthttp.Server, ln net.Listener) {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
 		log.Fatal(err)
 	}

@@ -16,13 +16,22 @@
 //	idle        open -conns sessions, answer the proxy's pings, print
 //	            "wsbench: N sessions open" on stderr when all are open, and
 //	            hold them for -hold; proxy RSS per session above the
-//	            baseline taken before the first session
+//	            baseline taken before the first session, 2 s after the
+//	            last one opened and at the end of the hold
 //
 // The load runs -warmup before the measured window of -duration. With
 // -pid (comma-separated, e.g. a master and its workers) the proxy's CPU
 // time (utime+stime from /proc/P/stat) and resident memory (VmRSS from
 // /proc/P/status), summed over the processes, are read at the start and
 // the end of the window.
+//
+// A wss:// URL makes every connection TLS 1.3 with a full handshake: the
+// client keeps no session cache, so it never resumes. It verifies the
+// server's certificate against -ca (the system roots without it) and
+// offers only the key exchange groups of -curves (X25519 by default), so
+// that every server negotiates the same one whatever it supports; the
+// version, suite and group the first connection got are in the output's
+// "tls" field.
 //
 // Output: one JSON line on stdout per run; progress and errors on stderr.
 package main
@@ -31,6 +40,8 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha1"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -55,6 +66,7 @@ type result struct {
 	Mode        string  `json:"mode"`
 	Target      string  `json:"target"`
 	URL         string  `json:"url"`
+	TLS         string  `json:"tls,omitempty"` // version, suite, group of the first connection
 	Conns       int     `json:"conns"`
 	ConnsOpen   int     `json:"conns_open"`
 	Size        int     `json:"size"`
@@ -72,7 +84,8 @@ type result struct {
 	RSSKiB      int64   `json:"rss_kib"`
 	RSSBaseKiB  int64   `json:"rss_base_kib,omitempty"`
 	RSSOpenKiB  int64   `json:"rss_open_kib,omitempty"`
-	RSSPerSessB float64 `json:"rss_per_session_bytes"`
+	RSSPerSessB float64 `json:"rss_per_session_bytes"`    // at the end of the hold
+	RSSPerSess2 float64 `json:"rss_per_session_2s_bytes"` // 2 s after the sessions opened
 	Pings       int64   `json:"pings"`
 	BackendCPU  float64 `json:"backend_cpu_ms,omitempty"`
 	ClientCPU   float64 `json:"client_cpu_ms"`
@@ -82,7 +95,7 @@ type result struct {
 
 func main() {
 	mode := flag.String("mode", "rtt", "rtt | throughput | sessions | idle")
-	target := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL (ws:// only)")
+	target := flag.String("url", "ws://127.0.0.1:8080/", "WebSocket URL, ws:// or wss://")
 	name := flag.String("name", "", "label for the target in the output (default: the URL's host)")
 	conns := flag.Int("conns", 0, "connections, workers or sessions (default 100; 16 for throughput)")
 	size := flag.Int("size", 0, "message size in bytes (default 128; 1 MiB for throughput)")
@@ -93,12 +106,20 @@ func main() {
 	dialers := flag.Int("dialers", 32, "connections opened in parallel while setting up")
 	pids := flag.String("pid", "", "proxy process ids, comma separated, for CPU and RSS")
 	backendPids := flag.String("backend-pid", "", "backend process ids, comma separated, for its CPU")
+	caFile := flag.String("ca", "", "wss: CA certificates (PEM) to verify the server with (default: the system roots)")
+	curves := flag.String("curves", "X25519", "wss: key exchange groups to offer, comma separated: X25519, P256, P384, X25519MLKEM768")
 	flag.Parse()
 	raiseFileLimit()
 
 	u, err := url.Parse(*target)
-	if err != nil || u.Scheme != "ws" || u.Host == "" {
-		fatal(fmt.Errorf("bad -url %q: want ws://host:port/path", *target))
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		fatal(fmt.Errorf("bad -url %q: want ws://host:port/path or wss://host:port/path", *target))
+	}
+	var tlsConf *tls.Config
+	if u.Scheme == "wss" {
+		if tlsConf, err = clientTLS(u.Hostname(), *caFile, *curves); err != nil {
+			fatal(err)
+		}
 	}
 	if *conns <= 0 {
 		*conns = 100
@@ -120,7 +141,7 @@ func main() {
 	}
 	b := &bench{
 		host: u.Host, path: u.RequestURI(), size: *size, dialers: max(*dialers, 1),
-		pids: parsePids(*pids), backendPids: parsePids(*backendPids),
+		pids: parsePids(*pids), backendPids: parsePids(*backendPids), tls: tlsConf,
 	}
 	b.prepare()
 
@@ -157,6 +178,9 @@ func main() {
 	r.Pings = b.pings.Load()
 	r.Errors = b.errors.Load()
 	r.FirstError = b.firstError()
+	if p := b.tlsInfo.Load(); p != nil {
+		r.TLS = *p
+	}
 	r.round()
 	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
@@ -177,6 +201,7 @@ func (r *result) round() {
 		*f = roundSig(*f, 4)
 	}
 	r.RSSPerSessB = math.Round(r.RSSPerSessB)
+	r.RSSPerSess2 = math.Round(r.RSSPerSess2)
 }
 
 func roundSig(v float64, digits int) float64 {
@@ -190,6 +215,41 @@ func roundSig(v float64, digits int) float64 {
 func fatal(err error) {
 	fmt.Fprintln(os.Stderr, "wsbench:", err)
 	os.Exit(2)
+}
+
+// clientTLS is the configuration of every wss connection: TLS 1.3 only,
+// no session cache (a nil ClientSessionCache: tickets are dropped, every
+// handshake is full), the certificate verified against caFile's CAs, and
+// only the groups named in curves offered.
+func clientTLS(host, caFile, curves string) (*tls.Config, error) {
+	cfg := &tls.Config{
+		ServerName: host,
+		MinVersion: tls.VersionTLS13,
+		MaxVersion: tls.VersionTLS13,
+		NextProtos: []string{"http/1.1"}, // a WebSocket upgrade is HTTP/1.1
+	}
+	if caFile != "" {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("-ca %s: no PEM certificate in it", caFile)
+		}
+	}
+	names := map[string]tls.CurveID{
+		"x25519": tls.X25519, "p256": tls.CurveP256, "p384": tls.CurveP384,
+		"x25519mlkem768": tls.X25519MLKEM768,
+	}
+	for _, f := range strings.Split(curves, ",") {
+		id, ok := names[strings.ToLower(strings.TrimSpace(f))]
+		if !ok {
+			return nil, fmt.Errorf("-curves: unknown group %q: want X25519, P256, P384 or X25519MLKEM768", f)
+		}
+		cfg.CurvePreferences = append(cfg.CurvePreferences, id)
+	}
+	return cfg, nil
 }
 
 func raiseFileLimit() {
@@ -208,6 +268,8 @@ type bench struct {
 	dialers     int
 	pids        []int
 	backendPids []int
+	tls         *tls.Config // nil for ws://
+	tlsInfo     atomic.Pointer[string]
 
 	request []byte // the upgrade request
 	accept  string // the Sec-WebSocket-Accept it must get back
@@ -280,7 +342,8 @@ func appendFrame(dst []byte, op byte, payload []byte) []byte {
 // conn is a client WebSocket connection.
 type conn struct {
 	b       *bench
-	nc      net.Conn
+	nc      net.Conn // what frames go through: the TCP socket, or TLS over it
+	raw     net.Conn // the TCP socket: closing it sends no TLS alert
 	br      *bufio.Reader
 	wmu     sync.Mutex // whole frames: a pong must not land inside a message
 	scratch []byte
@@ -298,18 +361,32 @@ func (b *bench) dial(readBuf int) (*conn, error) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	raw := nc
 	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	if b.tls != nil {
+		tc := tls.Client(raw, b.tls)
+		if err := tc.Handshake(); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("handshake: %w", err)
+		}
+		if b.tlsInfo.Load() == nil {
+			st := tc.ConnectionState()
+			info := tls.VersionName(st.Version) + " " + tls.CipherSuiteName(st.CipherSuite) + " " + st.CurveID.String()
+			b.tlsInfo.CompareAndSwap(nil, &info)
+		}
+		nc = tc
+	}
 	if _, err := nc.Write(b.request); err != nil {
-		nc.Close()
+		raw.Close()
 		return nil, err
 	}
 	br := bufio.NewReaderSize(nc, readBuf)
 	if err := b.readUpgrade(br); err != nil {
-		nc.Close()
+		raw.Close()
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &conn{b: b, nc: nc, br: br}, nil
+	return &conn{b: b, nc: nc, raw: raw, br: br}, nil
 }
 
 func (b *bench) readUpgrade(br *bufio.Reader) error {
@@ -443,7 +520,7 @@ func (c *conn) readMessage(want []byte) error {
 // closeHandshake sends a Close frame, waits for the server's Close (at
 // most 5 s), and closes the socket.
 func (c *conn) closeHandshake() error {
-	defer c.nc.Close()
+	defer c.raw.Close()
 	c.closing.Store(true)
 	if err := c.write(c.b.closeFr); err != nil {
 		return err
@@ -634,7 +711,7 @@ func closeAll(cs []*conn) func() {
 	return func() {
 		for _, c := range cs {
 			c.closing.Store(true)
-			c.nc.Close()
+			c.raw.Close()
 		}
 	}
 }
@@ -716,7 +793,7 @@ func (b *bench) throughput(r *result, n, inflight int, warmup, d time.Duration) 
 				w.record(wk, time.Since(<-sent))
 				if w.stop.Load() {
 					c.closing.Store(true)
-					c.nc.Close() // ends the writer's write, if any
+					c.raw.Close() // ends the writer's write, if any
 					return
 				}
 			}
@@ -803,6 +880,7 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 		r.ProxyCPUms = cpu1 - cpu0
 		r.CPUmsPerOp = r.ProxyCPUms / float64(len(cs)) // CPU per held session over the hold
 		r.RSSPerSessB = float64(rss-r.RSSBaseKiB) * 1024 / float64(len(cs))
+		r.RSSPerSess2 = float64(rssOpen-r.RSSBaseKiB) * 1024 / float64(len(cs))
 	}
 	r.Ops = int64(len(cs))
 	for _, c := range cs {
@@ -811,7 +889,7 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 	}
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range cs {
-		c.nc.Close()
+		c.raw.Close()
 	}
 }
 
