@@ -3,29 +3,37 @@
 # settings plus what WebSocket proxying needs, 2 workers or threads each)
 # in front of the same echo backend, and with the backend directly.
 #
-#   bench/run.sh [-quick] [-rounds N]
+#   bench/run.sh [-quick] [-rounds N] [-transport plain|tls|both]
 #
 # Workloads: round trips of 128 B over 100 and over 1000 connections,
 # 1 MiB messages over 16 connections, sessions/s (connect, upgrade, close)
 # with 50 workers, and proxy memory with 9000 idle sessions (proxies only).
-# Each round runs every workload through every target, the targets in an
-# order rotated by one each round. The table gives medians over rounds,
-# ranges, and wsproxy's ratio to each target as the median of same-round
-# ratios. Raw JSON lines go to bench/results/ (or $RESULTS).
+# Each runs over plain TCP (ws://) and over TLS (wss://: TLS 1.3, one P-256
+# certificate made for the run, every handshake a full one); -transport
+# picks one (default both). Each round runs every workload through every
+# target, plain then TLS, the targets in an order rotated by one each
+# round. The tables give medians over rounds, ranges, and wsproxy's ratio
+# to each target as the median of same-round ratios. Raw JSON lines go to
+# bench/results/ (or $RESULTS).
 #
 # Everything listens on 127.0.0.1, on free ports picked at start, runs in
 # the foreground of this script with configs in a temporary directory (no
-# system service is started), and stops by itself: a full run takes about
-# 20 minutes, -quick about 3.
+# system service is started), and stops by itself: bench/README.md gives
+# the time each kind of run takes.
 set -euo pipefail
 
 QUICK=0
 ROUNDS=
+TRANSPORT=both
 while [ $# -gt 0 ]; do
 	case $1 in
 	-quick | --quick) QUICK=1 ;;
 	-rounds | --rounds)
 		ROUNDS=${2:?-rounds needs a number}
+		shift
+		;;
+	-transport | --transport)
+		TRANSPORT=${2:?-transport needs plain, tls or both}
 		shift
 		;;
 	-h | -help | --help)
@@ -40,17 +48,28 @@ while [ $# -gt 0 ]; do
 	shift
 done
 
+case $TRANSPORT in
+plain | tls) TRANSPORTS=("$TRANSPORT") ;;
+both) TRANSPORTS=(plain tls) ;;
+*)
+	echo "run.sh: -transport $TRANSPORT: want plain, tls or both" >&2
+	exit 2
+	;;
+esac
+TLS=0
+[ "$TRANSPORT" = plain ] || TLS=1
+
 if [ "$QUICK" = 1 ]; then
 	: "${ROUNDS:=1}"
 	WARM=1s DUR=3s HOLD=8s
 else
 	: "${ROUNDS:=3}"
-	WARM=2s DUR=8s HOLD=25s # HOLD spans one of wsproxy's 20 s pings
+	WARM=2s DUR=6s HOLD=22s # HOLD: 2 s to settle, then 20 s, one ping interval of wsproxy's
 fi
 IDLE=${IDLE:-9000}
 # Stop starting new runs past this many seconds of runs (the table reports
 # what ran).
-BUDGET=$((QUICK ? 240 : 1500))
+BUDGET=$(((QUICK ? 240 : 1000) * ${#TRANSPORTS[@]}))
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -104,6 +123,7 @@ log "building"
 go build -o "$TMP/wsbench" ./bench/wsbench
 go build -o "$TMP/echo" ./bench/echo
 go build -o "$TMP/report" ./bench/report
+go build -o "$TMP/certgen" ./bench/certgen
 HAVE_WSPROXY=1
 if ! go build -o "$TMP/wsproxy" ./cmd/wsproxy 2>"$TMP/build.log"; then
 	log "warning: wsproxy does not build; it is skipped:"
@@ -118,9 +138,38 @@ for name in echo wsproxy wsproxy_admin nginx haproxy caddy; do
 	while in_use $port; do port=$((port + 1)); done
 	PORT[$name]=$port
 	port=$((port + 1))
+	[ $TLS = 1 ] && [ $name != wsproxy_admin ] || continue
+	while in_use $port; do port=$((port + 1)); done
+	PORT[${name}_tls]=$port # the same target's wss listener
+	port=$((port + 1))
 done
 PORT[direct]=${PORT[echo]}
+PORT[direct_tls]=${PORT[echo_tls]:-}
 ECHO=127.0.0.1:${PORT[echo]}
+
+# --- TLS ----------------------------------------------------------------------
+# One P-256 certificate for 127.0.0.1, signed by a CA made for this run;
+# the load client verifies with that CA. Each target's TLS settings are the
+# obvious production ones for TLS 1.3 with full handshakes: no session
+# tickets and no session cache where the server has a switch for them.
+CERTS=$TMP/tls
+TLSARGS=()
+if [ $TLS = 1 ]; then
+	"$TMP/certgen" -dir "$CERTS"
+	TLSARGS=(-ca "$CERTS/ca.pem")
+fi
+
+# url NAME TRANSPORT: where the load client connects
+url() {
+	if [ "$2" = tls ]; then
+		echo "wss://127.0.0.1:${PORT[${1}_tls]}/"
+	else
+		echo "ws://127.0.0.1:${PORT[$1]}/"
+	fi
+}
+
+# targs TRANSPORT: the load client's arguments for it
+targs() { if [ "$1" = tls ]; then echo "${TLSARGS[@]}"; fi; }
 
 # --- targets --------------------------------------------------------------------
 # start NAME CMD...: run CMD in the background with its output in the temp dir
@@ -164,32 +213,53 @@ restart() {
 	ready "$1"
 }
 
-# ready NAME: wait until a one-connection round trip through NAME works
+# ready NAME: wait until a one-connection round trip through NAME works,
+# over each transport run; OK[NAME:TRANSPORT] says which did
+declare -A OK=()
 ready() {
-	local name=$1 i
-	for i in $(seq 50); do
-		if ! alive "$name" && [ "$name" != direct ]; then
-			log "warning: $name exited:"
+	local name=$1 tr i bad=0
+	for tr in "${TRANSPORTS[@]}"; do
+		unset "OK[$name:$tr]"
+		for i in $(seq 50); do
+			if ! alive "$name" && [ "$name" != direct ]; then
+				log "warning: $name exited:"
+				tail -5 "$TMP/$name.log" | sed 's/^/    /' >&2
+				return 1
+			fi
+			# shellcheck disable=SC2046 # targs is a list of words
+			if "$TMP/wsbench" -url "$(url "$name" "$tr")" $(targs "$tr") -mode rtt -conns 1 -warmup 0s -duration 100ms >/dev/null 2>&1; then
+				OK[$name:$tr]=1
+				break
+			fi
+			sleep 0.2
+		done
+		if [ -z "${OK[$name:$tr]:-}" ]; then
+			log "warning: $name does not answer on $(url "$name" "$tr"):"
 			tail -5 "$TMP/$name.log" | sed 's/^/    /' >&2
-			return 1
+			bad=1
 		fi
-		if "$TMP/wsbench" -url "ws://127.0.0.1:${PORT[$name]}/" -mode rtt -conns 1 -warmup 0s -duration 100ms >/dev/null 2>&1; then
-			return 0
-		fi
-		sleep 0.2
 	done
-	log "warning: $name does not answer on ${PORT[$name]}:"
-	tail -5 "$TMP/$name.log" | sed 's/^/    /' >&2
-	return 1
+	return $bad
 }
 
-start echo "$TMP/echo" -addr "$ECHO"
+ECHOTLS=()
+if [ $TLS = 1 ]; then
+	ECHOTLS=(-tls-addr "127.0.0.1:${PORT[echo_tls]}" -cert "$CERTS/cert.pem" -key "$CERTS/key.pem")
+fi
+start echo "$TMP/echo" -addr "$ECHO" "${ECHOTLS[@]}"
 TARGETS=()
 
 if [ $HAVE_WSPROXY = 1 ]; then
+	if [ $TLS = 1 ]; then
+		WSPROXY_TLS="  - address: \"127.0.0.1:${PORT[wsproxy_tls]}\"
+    tls:
+      min_version: \"1.3\"
+      certificates: [{cert_file: \"$CERTS/cert.pem\", key_file: \"$CERTS/key.pem\"}]"
+	fi
 	cat >"$TMP/wsproxy.yaml" <<EOF
 listeners:
   - address: "127.0.0.1:${PORT[wsproxy]}"
+${WSPROXY_TLS:-}
 admin:
   address: "127.0.0.1:${PORT[wsproxy_admin]}"
 log:
@@ -223,6 +293,14 @@ if command -v nginx >/dev/null; then
 	if [ "$(id -u)" = 0 ]; then
 		if getent passwd www-data >/dev/null; then user="user www-data;"; else user="user nobody nogroup;"; fi
 	fi
+	if [ $TLS = 1 ]; then
+		NGINX_TLS="    listen 127.0.0.1:${PORT[nginx_tls]} ssl backlog=4096;
+    ssl_certificate $CERTS/cert.pem;
+    ssl_certificate_key $CERTS/key.pem;
+    ssl_protocols TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;"
+	fi
 	cat >"$TMP/nginx/nginx.conf" <<EOF
 $user
 worker_processes 2;
@@ -246,6 +324,7 @@ http {
   }
   server {
     listen 127.0.0.1:${PORT[nginx]} backlog=4096;
+${NGINX_TLS:-}
     location / {
       proxy_pass http://$ECHO;
       proxy_http_version 1.1;
@@ -265,10 +344,17 @@ if command -v haproxy >/dev/null; then
 	# HAProxy needs about two descriptors per connection, and checks it
 	# against the limit at start.
 	HMAXCONN=$(((NOFILE - 500) / 2))
+	if [ $TLS = 1 ]; then
+		# no session cache either (as nginx's ssl_session_cache off): with
+		# tickets off, OpenSSL would otherwise issue stateful ones
+		HAPROXY_TLS_GLOBAL="  tune.ssl.cachesize 0"
+		HAPROXY_TLS="  bind 127.0.0.1:${PORT[haproxy_tls]} ssl crt $CERTS/bundle.pem ssl-min-ver TLSv1.3 no-tls-tickets"
+	fi
 	cat >"$TMP/haproxy.cfg" <<EOF
 global
   nbthread 2
   maxconn $HMAXCONN
+${HAPROXY_TLS_GLOBAL:-}
 
 defaults
   mode http
@@ -280,6 +366,7 @@ defaults
 
 frontend fe
   bind 127.0.0.1:${PORT[haproxy]}
+${HAPROXY_TLS:-}
   default_backend be
 
 backend be
@@ -300,6 +387,17 @@ http://127.0.0.1:${PORT[caddy]} {
   reverse_proxy $ECHO
 }
 EOF
+	if [ $TLS = 1 ]; then
+		cat >>"$TMP/caddy/Caddyfile" <<EOF
+https://127.0.0.1:${PORT[caddy_tls]} {
+  bind 127.0.0.1
+  tls $CERTS/cert.pem $CERTS/key.pem {
+    protocols tls1.3
+  }
+  reverse_proxy $ECHO
+}
+EOF
+	fi
 	TARGETS+=(caddy)
 fi
 
@@ -325,12 +423,21 @@ ready direct || {
 UP=()
 for t in "${TARGETS[@]}"; do
 	[ "$t" = direct ] && continue
-	if ready "$t"; then UP+=("$t"); else log "$t is skipped"; fi
+	ready "$t" || true
+	if [ -n "${OK[$t:${TRANSPORTS[0]}]:-}${OK[$t:${TRANSPORTS[-1]}]:-}" ]; then
+		UP+=("$t")
+	else
+		log "$t is skipped"
+	fi
 done
 TARGETS=("${UP[@]}" direct)
+# what ready found at start decides which transports each target runs
+declare -A RUNS=()
+for k in "${!OK[@]}"; do RUNS[$k]=1; done
 log "targets: ${TARGETS[*]}; rounds: $ROUNDS; results: $RESULTS"
 
-# bench WORKLOAD TARGET ARGS...: one wsbench run, its line added to RESULTS
+# bench WORKLOAD TARGET ARGS...: one wsbench run over $TR, its line added
+# to RESULTS
 bench() {
 	local w=$1 t=$2 p line limit=120
 	shift 2
@@ -339,20 +446,21 @@ bench() {
 		return 0
 	fi
 	p=$(pids "$t")
-	[ "$w" = idle ] && limit=240
-	if line=$(timeout -k 5 $limit "$TMP/wsbench" -url "ws://127.0.0.1:${PORT[$t]}/" -name "$t" \
+	[ "$w" = idle ] && limit=300
+	# shellcheck disable=SC2046 # targs is a list of words
+	if line=$(timeout -k 5 $limit "$TMP/wsbench" -url "$(url "$t" "$TR")" $(targs "$TR") -name "$t" \
 		${p:+-pid "$p"} -backend-pid "${PID[echo]}" "$@" 2>>"$TMP/wsbench.log"); then
 		:
 	else
-		log "$w through $t: wsbench exited with status $? (see the errors in the results)"
+		log "$w through $t over $TR: wsbench exited with status $? (see the errors in the results)"
 	fi
 	line=$(printf '%s\n' "$line" | grep '^{' | tail -1 || true)
 	if [ -z "$line" ]; then
-		log "$w through $t: no result"
+		log "$w through $t over $TR: no result"
 		return 0
 	fi
-	printf '{"workload":"%s","round":%d,%s\n' "$w" "$ROUND" "${line#\{}" >>"$RESULTS"
-	log "$(printf '%-9s %-8s %s' "$w" "$t" "$(summary "$line")")"
+	printf '{"transport":"%s","workload":"%s","round":%d,%s\n' "$TR" "$w" "$ROUND" "${line#\{}" >>"$RESULTS"
+	log "$(printf '%-5s %-9s %-8s %s' "$TR" "$w" "$t" "$(summary "$line")")"
 	if [ "$t" != direct ] && ! alive "$t"; then
 		log "warning: $t exited during $w:"
 		tail -5 "$TMP/$t.log" | sed 's/^/    /' >&2
@@ -362,9 +470,27 @@ bench() {
 # summary LINE: the figures of a JSON line worth a glance while it runs
 summary() {
 	local f
-	for f in ops_per_sec mib_per_sec p99_us cpu_ms_per_op rss_kib rss_per_session_bytes pings errors; do
+	for f in ops_per_sec mib_per_sec p99_us cpu_ms_per_op rss_kib rss_per_session_2s_bytes pings errors; do
 		printf '%s ' "$(printf '%s' "$1" | grep -o "\"$f\":[^,}]*" | tr -d '"')"
 	done
+}
+
+# run_workload WORKLOAD TARGET: one workload through one target, over $TR
+run_workload() {
+	local w=$1 t=$2
+	case $w in
+	rtt-100) bench "$w" "$t" -mode rtt -conns 100 -size 128 -warmup $WARM -duration $DUR ;;
+	rtt-1000) bench "$w" "$t" -mode rtt -conns 1000 -size 128 -warmup $WARM -duration $DUR ;;
+	tput-1MiB) bench "$w" "$t" -mode throughput -conns 16 -size 1048576 -warmup $WARM -duration $DUR ;;
+	sessions) bench "$w" "$t" -mode sessions -conns 50 -warmup $WARM -duration $DUR ;;
+	idle)
+		[ "$t" = direct ] && return 0
+		# a fresh proxy for a clean baseline, and another after
+		restart "$t" || log "$t did not restart"
+		bench "$w" "$t" -mode idle -conns "$IDLE" -hold $HOLD
+		restart "$t" || log "$t did not restart"
+		;;
+	esac
 }
 
 WORKLOADS=(rtt-100 rtt-1000 tput-1MiB sessions idle)
@@ -374,29 +500,21 @@ for ((ROUND = 0; ROUND < ROUNDS; ROUND++)); do
 	k=$((ROUND % n))
 	order=("${TARGETS[@]:k}" "${TARGETS[@]:0:k}")
 	log "round $((ROUND + 1))/$ROUNDS: ${order[*]}"
-	for w in "${WORKLOADS[@]}"; do
-		for t in "${order[@]}"; do
-			if [ $((SECONDS - START)) -gt $BUDGET ]; then
-				log "time budget of ${BUDGET}s spent: stopping"
-				break 3
-			fi
-			case $w in
-			rtt-100) bench "$w" "$t" -mode rtt -conns 100 -size 128 -warmup $WARM -duration $DUR ;;
-			rtt-1000) bench "$w" "$t" -mode rtt -conns 1000 -size 128 -warmup $WARM -duration $DUR ;;
-			tput-1MiB) bench "$w" "$t" -mode throughput -conns 16 -size 1048576 -warmup $WARM -duration $DUR ;;
-			sessions) bench "$w" "$t" -mode sessions -conns 50 -warmup $WARM -duration $DUR ;;
-			idle)
-				[ "$t" = direct ] && continue
-				# a fresh proxy for a clean baseline, and another after
-				restart "$t" || log "$t did not restart"
-				bench "$w" "$t" -mode idle -conns "$IDLE" -hold $HOLD
-				restart "$t" || log "$t did not restart"
-				;;
-			esac
-			sleep 0.5
+	for TR in "${TRANSPORTS[@]}"; do
+		for w in "${WORKLOADS[@]}"; do
+			for t in "${order[@]}"; do
+				if [ $((SECONDS - START)) -gt $BUDGET ]; then
+					log "time budget of ${BUDGET}s spent: stopping"
+					break 4
+				fi
+				[ -n "${RUNS[$t:$TR]:-}" ] || continue
+				run_workload "$w" "$t"
+				sleep 0.5
+			done
 		done
 	done
 done
+log "runs took $((SECONDS - START))s"
 
 if grep -q . "$TMP/wsbench.log" 2>/dev/null; then
 	cp "$TMP/wsbench.log" "${RESULTS%.jsonl}.log"
