@@ -1,8 +1,11 @@
 // Command report turns wsbench's JSON lines (as bench/run.sh writes them,
-// each with "workload" and "round" added) into a Markdown table: per
-// workload and target, the median and range over rounds of the main
-// figure, the median p99 latency, proxy CPU per operation and proxy RSS,
-// and wsproxy's ratio to each target as the median of same-round ratios.
+// each with "transport", "workload" and "round" added) into Markdown
+// tables, one per transport (plain, then TLS): per workload and target,
+// the median and range over rounds of the main figure, the median p99
+// latency, proxy CPU per operation and proxy RSS, and wsproxy's ratio to
+// each target as the median (and range) of same-round ratios. Under each
+// table, wsproxy's same-round ratios to the best anchor (nginx, HAProxy or
+// Caddy) for each metric.
 //
 //	report results.jsonl
 package main
@@ -19,25 +22,28 @@ import (
 )
 
 type row struct {
-	Workload    string  `json:"workload"`
-	Round       int     `json:"round"`
-	Mode        string  `json:"mode"`
-	Target      string  `json:"target"`
-	Conns       int     `json:"conns"`
-	ConnsOpen   int     `json:"conns_open"`
-	Size        int     `json:"size"`
-	OpsPerSec   float64 `json:"ops_per_sec"`
-	MiBPerSec   float64 `json:"mib_per_sec"`
-	P99us       float64 `json:"p99_us"`
-	CPUmsPerOp  float64 `json:"cpu_ms_per_op"`
-	ProxyCPUms  float64 `json:"proxy_cpu_ms"`
-	WindowS     float64 `json:"window_s"`
-	RSSKiB      float64 `json:"rss_kib"`
-	RSSBaseKiB  float64 `json:"rss_base_kib"`
-	RSSPerSessB float64 `json:"rss_per_session_bytes"`
-	Pings       int64   `json:"pings"`
-	Errors      int64   `json:"errors"`
-	FirstError  string  `json:"first_error"`
+	Transport   string   `json:"transport"` // plain or tls; lines without it are plain
+	TLS         string   `json:"tls"`       // version, suite and group negotiated
+	Workload    string   `json:"workload"`
+	Round       int      `json:"round"`
+	Mode        string   `json:"mode"`
+	Target      string   `json:"target"`
+	Conns       int      `json:"conns"`
+	ConnsOpen   int      `json:"conns_open"`
+	Size        int      `json:"size"`
+	OpsPerSec   float64  `json:"ops_per_sec"`
+	MiBPerSec   float64  `json:"mib_per_sec"`
+	P99us       float64  `json:"p99_us"`
+	CPUmsPerOp  float64  `json:"cpu_ms_per_op"`
+	ProxyCPUms  float64  `json:"proxy_cpu_ms"`
+	WindowS     float64  `json:"window_s"`
+	RSSKiB      float64  `json:"rss_kib"`
+	RSSBaseKiB  float64  `json:"rss_base_kib"`
+	RSSPerSessB float64  `json:"rss_per_session_bytes"`    // at the end of the hold
+	RSSPerSess2 *float64 `json:"rss_per_session_2s_bytes"` // 2 s after the sessions opened
+	Pings       int64    `json:"pings"`
+	Errors      int64    `json:"errors"`
+	FirstError  string   `json:"first_error"`
 }
 
 // figure is a workload's main figure; lower reports whether lower is
@@ -47,6 +53,9 @@ func figure(r row) (v float64, lower bool) {
 	case "throughput":
 		return r.MiBPerSec, false
 	case "idle":
+		if r.RSSPerSess2 != nil { // older lines have only the end of the hold
+			return *r.RSSPerSess2 / 1024, true
+		}
 		return r.RSSPerSessB / 1024, true
 	}
 	return r.OpsPerSec, false
@@ -61,7 +70,7 @@ func unit(mode string) string {
 	case "sessions":
 		return "sessions/s"
 	case "idle":
-		return "KiB/session"
+		return "KiB/session at 2 s"
 	}
 	return mode
 }
@@ -113,7 +122,24 @@ func main() {
 		os.Exit(1)
 	}
 	defer f.Close()
-	write(os.Stdout, read(f))
+	tables := read(f)
+	for i, tr := range transports {
+		t := tables[tr.name]
+		if t == nil {
+			continue
+		}
+		if i > 0 {
+			fmt.Fprintln(os.Stdout)
+		}
+		fmt.Fprintf(os.Stdout, "### %s\n\n", tr.title)
+		write(os.Stdout, t)
+	}
+}
+
+// transports are the tables, in the order they are printed.
+var transports = []struct{ name, title string }{
+	{"plain", "Plain (ws://)"},
+	{"tls", "TLS (wss://: TLS 1.3, P-256 certificate, full handshakes)"},
 }
 
 type table struct {
@@ -122,14 +148,23 @@ type table struct {
 	by        map[string]map[string][]row // workload -> target -> rows
 }
 
-func read(in io.Reader) *table {
-	t := &table{by: map[string]map[string][]row{}}
+// read sorts the lines into a table per transport.
+func read(in io.Reader) map[string]*table {
+	tables := map[string]*table{}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var r row
 		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Workload == "" {
 			continue
+		}
+		if r.Transport == "" {
+			r.Transport = "plain"
+		}
+		t := tables[r.Transport]
+		if t == nil {
+			t = &table{by: map[string]map[string][]row{}}
+			tables[r.Transport] = t
 		}
 		if t.by[r.Workload] == nil {
 			t.by[r.Workload] = map[string][]row{}
@@ -140,9 +175,11 @@ func read(in io.Reader) *table {
 		}
 		t.by[r.Workload][r.Target] = append(t.by[r.Workload][r.Target], r)
 	}
-	// wsproxy first, the direct path (the limit) last, the rest as met
-	sort.SliceStable(t.targets, func(i, j int) bool { return rank(t.targets[i]) < rank(t.targets[j]) })
-	return t
+	for _, t := range tables {
+		// wsproxy first, the direct path (the limit) last, the rest as met
+		sort.SliceStable(t.targets, func(i, j int) bool { return rank(t.targets[i]) < rank(t.targets[j]) })
+	}
+	return tables
 }
 
 func rank(target string) int {
@@ -155,9 +192,8 @@ func rank(target string) int {
 	return 1
 }
 
-// ratio is the median over rounds of wsproxy's value ÷ the target's, in
-// the same round.
-func ratio(ws, other []row, val func(row) float64) string {
+// ratios are wsproxy's value ÷ the target's, one per round both ran.
+func ratios(ws, other []row, val func(row) float64) []float64 {
 	var rs []float64
 	for _, o := range other {
 		for _, w := range ws {
@@ -166,11 +202,23 @@ func ratio(ws, other []row, val func(row) float64) string {
 			}
 		}
 	}
-	if len(rs) == 0 {
-		return "–"
-	}
-	return fmt.Sprintf("%.2f", median(rs))
+	return rs
 }
+
+// ratio is the median over rounds of the same-round ratios, with their
+// range when there is more than one round.
+func ratio(ws, other []row, val func(row) float64) string {
+	rs := ratios(ws, other, val)
+	switch len(rs) {
+	case 0:
+		return "–"
+	case 1:
+		return fmt.Sprintf("%.2f", rs[0])
+	}
+	return fmt.Sprintf("%.2f (%.2f–%.2f)", median(rs), slices.Min(rs), slices.Max(rs))
+}
+
+func p99(r row) float64 { return r.P99us / 1000 }
 
 func write(out io.Writer, t *table) {
 	fmt.Fprintln(out, "| workload | target | median (min–max) | p99 ms | proxy CPU/op | proxy RSS MiB | wsproxy ÷ target | CPU/op wsproxy ÷ target | errors |")
@@ -226,12 +274,128 @@ func write(out io.Writer, t *table) {
 			fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w, target, fig, p99, c, mem, r1, r2, e)
 		}
 	}
+	writeAnchors(out, t)
+	notes = append(notes, tlsNotes(t)...)
 	if len(notes) > 0 {
 		fmt.Fprintln(out)
 		for _, n := range notes {
 			fmt.Fprintln(out, "-", strings.ReplaceAll(n, "|", "/"))
 		}
 	}
+}
+
+// isAnchor reports whether target is one wsproxy is held against: not
+// itself, not the backend reached directly.
+func isAnchor(target string) bool { return rank(target) == 1 }
+
+// best is the anchor with the best median of val over rounds (the lowest
+// if lower, else the highest), or "" if none has a value.
+func best(t *table, w string, val func(row) float64, lower bool) string {
+	var name string
+	var bv float64
+	for _, target := range t.targets {
+		rows := t.by[w][target]
+		if !isAnchor(target) || len(rows) == 0 {
+			continue
+		}
+		var vs []float64
+		for _, r := range rows {
+			if v := val(r); v > 0 {
+				vs = append(vs, v)
+			}
+		}
+		if len(vs) == 0 {
+			continue
+		}
+		m := median(vs)
+		if name == "" || (lower && m < bv) || (!lower && m > bv) {
+			name, bv = target, m
+		}
+	}
+	return name
+}
+
+// writeAnchors prints, per workload, wsproxy's same-round ratio to the best
+// anchor for each metric: the main figure, CPU per operation and p99.
+func writeAnchors(out io.Writer, t *table) {
+	ws := func(w string) []row { return t.by[w]["wsproxy"] }
+	cell := func(w string, val func(row) float64, lower bool) string {
+		a := best(t, w, val, lower)
+		if a == "" || len(ws(w)) == 0 {
+			return "–"
+		}
+		r := ratio(ws(w), t.by[w][a], val)
+		if r == "–" {
+			return r
+		}
+		return r + " × " + a
+	}
+	header := false
+	for _, w := range t.workloads {
+		rows := ws(w)
+		if len(rows) == 0 {
+			continue
+		}
+		if !header {
+			fmt.Fprintln(out)
+			fmt.Fprintln(out, "| workload | wsproxy ÷ best anchor | CPU/op ÷ lowest anchor | p99 ÷ lowest anchor |")
+			fmt.Fprintln(out, "|---|---|---|---|")
+			header = true
+		}
+		fig := func(r row) float64 { v, _ := figure(r); return v }
+		_, lower := figure(rows[0])
+		c, p := "–", "–"
+		// Idle sessions have no latency, and only wsproxy pings them: its
+		// CPU there is not the anchors' (often below the 10 ms a process's
+		// CPU time is counted in).
+		if rows[0].Mode != "idle" {
+			c, p = cell(w, cpu, true), cell(w, p99, true)
+		}
+		fmt.Fprintf(out, "| %s (%s) | %s | %s | %s |\n", w, unit(rows[0].Mode), cell(w, fig, lower), c, p)
+	}
+}
+
+// tlsNotes says what each target negotiated over TLS (the first run's
+// connection), once per distinct answer, and the idle memory per session
+// at the end of the hold beside the 2 s figure of the table.
+func tlsNotes(t *table) []string {
+	var notes []string
+	seen := map[string][]string{}
+	var order []string
+	for _, target := range t.targets {
+		for _, w := range t.workloads {
+			for _, r := range t.by[w][target] {
+				if r.TLS == "" || slices.Contains(seen[r.TLS], target) {
+					continue
+				}
+				if seen[r.TLS] == nil {
+					order = append(order, r.TLS)
+				}
+				seen[r.TLS] = append(seen[r.TLS], target)
+			}
+		}
+	}
+	for _, k := range order {
+		notes = append(notes, fmt.Sprintf("negotiated %s: %s", k, strings.Join(seen[k], ", ")))
+	}
+	var end []string
+	for _, w := range t.workloads {
+		for _, target := range t.targets {
+			rows := t.by[w][target]
+			if len(rows) == 0 || rows[0].Mode != "idle" || rows[0].RSSPerSess2 == nil {
+				continue
+			}
+			var vs []float64
+			for _, r := range rows {
+				vs = append(vs, r.RSSPerSessB/1024)
+			}
+			end = append(end, fmt.Sprintf("%s %s", target, num(median(vs))))
+		}
+	}
+	if len(end) > 0 {
+		notes = append(notes, "idle KiB/session at the end of the hold (median): "+strings.Join(end, ", "))
+	}
+	return notes
 }
 
 func num(v float64) string {
