@@ -68,16 +68,16 @@ else
 fi
 IDLE=${IDLE:-9000}
 # Stop starting new runs past this many seconds of runs (the table reports
-# what ran): a little more than a run takes on the 2-core bench
+# what ran): per round, a little more than one takes on the 2-core bench
 # machine under load. TLS takes longer: 9000 idle sessions are 9000 full
 # handshakes.
 BUDGET=0
 for tr in "${TRANSPORTS[@]}"; do
 	case $tr$QUICK in
-	plain0) BUDGET=$((BUDGET + 1000)) ;;
-	tls0) BUDGET=$((BUDGET + 1100)) ;;
-	plain1) BUDGET=$((BUDGET + 240)) ;;
-	tls1) BUDGET=$((BUDGET + 360)) ;;
+	plain0) BUDGET=$((BUDGET + 350 * ROUNDS)) ;;
+	tls0) BUDGET=$((BUDGET + 390 * ROUNDS)) ;;
+	plain1) BUDGET=$((BUDGET + 240 * ROUNDS)) ;;
+	tls1) BUDGET=$((BUDGET + 360 * ROUNDS)) ;;
 	esac
 done
 
