@@ -355,8 +355,8 @@ if command -v haproxy >/dev/null; then
 	# against the limit at start.
 	HMAXCONN=$(((NOFILE - 500) / 2))
 	if [ $TLS = 1 ]; then
-		# no session cache either (as nginx's ssl_session_cache off): with
-		# tickets off, OpenSSL would otherwise issue stateful ones
+		# no session cache either, as nginx's ssl_session_cache off: the
+		# session ids OpenSSL still sends cannot resume anything
 		HAPROXY_TLS_GLOBAL="  tune.ssl.cachesize 0"
 		HAPROXY_TLS="  bind 127.0.0.1:${PORT[haproxy_tls]} ssl crt $CERTS/bundle.pem ssl-min-ver TLSv1.3 no-tls-tickets"
 	fi
