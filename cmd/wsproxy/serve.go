@@ -266,14 +266,14 @@ func (ls *sockets) close() {
 func (in *instance) listen(cfg *config.Config) (*sockets, error) {
 	ls := &sockets{}
 	for i, l := range cfg.Listeners {
-		// No TCP keep-alive on client connections: WebSocket sessions
-		// have the proxy's pings and read timeout, plain HTTP its idle
-		// timeout, and keep-alive costs four setsockopt calls per
-		// connection.
-		ln, err := in.up.listen(l.Address, &net.ListenConfig{KeepAlive: -1})
+		ln, err := in.up.listen(l.Address, clientListenConfig(l))
 		if err != nil {
 			ls.close()
-			return nil, err
+			return nil, listenError(i, l, err)
+		}
+		if on, ok := reusePortOf(ln); ok && on != l.ReusePort {
+			in.log.Warn("the listener taken over from the old process keeps its reuse_port; a restart applies the new value",
+				zap.String("key", fmt.Sprintf("listeners[%d].reuse_port", i)), zap.Bool("running", on), zap.Bool("file", l.ReusePort))
 		}
 		in.addrs = append(in.addrs, ln.Addr())
 		if in.tls[i] != nil {
