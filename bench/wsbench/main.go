@@ -93,6 +93,7 @@ func main() {
 	dialers := flag.Int("dialers", 32, "connections opened in parallel while setting up")
 	pids := flag.String("pid", "", "proxy process ids, comma separated, for CPU and RSS")
 	backendPids := flag.String("backend-pid", "", "backend process ids, comma separated, for its CPU")
+	sources := flag.String("source", "", "local addresses to connect from, comma separated, taken in turn (default: the kernel's choice)")
 	flag.Parse()
 	raiseFileLimit()
 
@@ -121,6 +122,7 @@ func main() {
 	b := &bench{
 		host: u.Host, path: u.RequestURI(), size: *size, dialers: max(*dialers, 1),
 		pids: parsePids(*pids), backendPids: parsePids(*backendPids),
+		sources: parseSources(*sources),
 	}
 	b.prepare()
 
@@ -208,6 +210,8 @@ type bench struct {
 	dialers     int
 	pids        []int
 	backendPids []int
+	sources     []*net.TCPAddr // local addresses, taken in turn
+	nextSource  atomic.Uint64
 
 	request []byte // the upgrade request
 	accept  string // the Sec-WebSocket-Accept it must get back
@@ -291,7 +295,12 @@ var errClosed = errors.New("close frame received")
 
 // dial connects and upgrades; the read buffer is sized for the workload.
 func (b *bench) dial(readBuf int) (*conn, error) {
-	nc, err := net.DialTimeout("tcp", b.host, 10*time.Second)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if len(b.sources) > 0 {
+		d.LocalAddr = b.sources[(b.nextSource.Add(1)-1)%uint64(len(b.sources))]
+		d.Control = bindAddressNoPort
+	}
+	nc, err := d.Dial("tcp", b.host)
 	if err != nil {
 		return nil, err
 	}
@@ -530,6 +539,38 @@ func clientCPU() float64 {
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e6
 }
+
+// parseSources reads -source: addresses without ports.
+func parseSources(s string) []*net.TCPAddr {
+	var out []*net.TCPAddr
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		ip := net.ParseIP(f)
+		if ip == nil {
+			fatal(fmt.Errorf("bad -source address %q", f))
+		}
+		out = append(out, &net.TCPAddr{IP: ip})
+	}
+	return out
+}
+
+// bindAddressNoPort lets the kernel choose the local port at connect,
+// for the whole 4-tuple, rather than at bind: a port bound to one source
+// address would otherwise be taken for every destination, and many
+// clients on one address would run out of ports at ~28,000.
+func bindAddressNoPort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (Linux 4.2), which the
+// syscall package does not name.
+const ipBindAddressNoPort = 24
 
 func parsePids(s string) []int {
 	var out []int
