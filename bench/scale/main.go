@@ -16,7 +16,8 @@
 //
 // Each proxy's admission caps are set from its open-files limit N so that
 // 2 × max_sessions + 2 × max_connections + max(64, N/20) ≤ N holds with
-// room for the kernel's uneven spread over the processes; the run refuses
+// room for the kernel's uneven spread over the processes (four standard
+// deviations); the run refuses
 // to start when the sessions asked for do not fit.
 //
 // Figures: each proxy's RSS and Go heap before any client and 2 s after
@@ -33,12 +34,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,13 +184,15 @@ func freePort() (int, error) {
 
 // caps returns max_sessions and max_connections for a proxy with an
 // open-files limit of n that should hold about share sessions.
-func caps(n int64, share int) (sessions, conns int64, err error) {
+func caps(n int64, total, procs int) (sessions, conns int64, err error) {
+	share := (total + procs - 1) / procs
+	p := 1 / float64(procs)
 	reserve := max(64, n/20)
 	conns = 100 // handshakes in progress: the clients dial 32 at a time each
 	sessions = (n - reserve - 2*conns) / 2
-	// The kernel spreads connections by a hash of their addresses: allow
-	// six standard deviations above the mean share.
-	if need := int64(float64(share) * 1.04); need+250 > sessions {
+	// The kernel spreads connections by a hash of their addresses, about
+	// binomially: allow four standard deviations above the mean share.
+	if need := float64(share) + 4*math.Sqrt(float64(total)*p*(1-p)); int64(need) > sessions {
 		return 0, 0, fmt.Errorf("%d sessions per proxy do not fit an open-files limit of %d (at most %d with room for the uneven spread): use more -proxies", share, n, sessions)
 	}
 	return sessions, conns, nil
@@ -209,8 +214,7 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		return err
 	}
-	share := (r.sessions + nProxies - 1) / nProxies
-	maxSess, maxConns, err := caps(int64(rl.Max), share)
+	maxSess, maxConns, err := caps(int64(rl.Max), r.sessions, nProxies)
 	if err != nil {
 		return err
 	}
@@ -353,6 +357,9 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 	fmt.Printf("kernel, whole host, 4 sockets per session (client, proxy's two, backend): slab %+.2f KiB/session, TCP buffers %+.3f KiB/session (sockstat mem %d -> %d pages), TCP sockets in use %+d\n",
 		perSess(kAfter.slab-kBefore.slab, open), perSess((kAfter.tcpMemPages-kBefore.tcpMemPages)*4096, open),
 		kBefore.tcpMemPages, kAfter.tcpMemPages, sockets)
+	if kAfter.caches != nil {
+		fmt.Printf("slab caches per session: %s\n", slabDelta(kBefore, kAfter, open))
+	}
 	fmt.Printf("pings over %.1fs: %.0f sent/s, %.0f pongs/s (%d sessions x 2 sides / %v = %.0f expected); proxy CPU %.3f s per s (%.1f%% of a core), %.2f us per ping (sent) with its pong; %d sessions still open at the end\n",
 		wall, sent/wall, pong/wall, still, r.ping, float64(2*still)/r.ping.Seconds(), cpu/wall, 100*cpu/wall, 1e6*cpu/max(sent, 1), still)
 	res := map[string]any{
@@ -368,6 +375,13 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
 	if open < int64(r.sessions) || still < open {
+		for _, p := range proxies {
+			for _, prefix := range []string{"wsproxy_session_closes_total", "wsproxy_session_timeouts_total", "wsproxy_handshakes_total", "wsproxy_backend_sessions_live", "wsproxy_local_resource_errors_total"} {
+				for _, l := range seriesLines(p, prefix) {
+					fmt.Fprintf(os.Stderr, "%s: %s\n", p.name, l)
+				}
+			}
+		}
 		return fmt.Errorf("held %d sessions of %d, %d at the end", open, r.sessions, still)
 	}
 	return nil
@@ -439,7 +453,7 @@ func waitSessions(proxies, clients []*proc, want int) (int64, error) {
 		}
 		if time.Since(lastChange) > 20*time.Second {
 			var why []string
-			for _, c := range clients {
+			for _, c := range append(clients, proxies...) {
 				why = append(why, c.name+": "+c.tail())
 			}
 			fmt.Fprintf(os.Stderr, "scale: stuck at %d sessions of %d:\n%s\n", n, want, strings.Join(why, "\n"))
@@ -507,6 +521,25 @@ func metrics(p *proc) (map[string]float64, error) {
 	return m, sc.Err()
 }
 
+// seriesLines returns a proxy's /metrics lines of the series named, for
+// a failed run's post-mortem.
+func seriesLines(p *proc, name string) []string {
+	resp, err := http.Get("http://" + p.admin + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var out []string
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if l := sc.Text(); strings.HasPrefix(l, name+"{") || strings.HasPrefix(l, name+" ") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
 // pings is how many pings the proxy has sent and pongs it has received,
 // both sides together.
 func pings(p *proc) (sent, answered float64) {
@@ -558,6 +591,24 @@ type kernelSample struct {
 	slab        int64 // bytes
 	tcpMemPages int64
 	tcpInuse    int64
+	caches      map[string][2]int64 // slab caches a socket uses: objects, object size
+}
+
+// socketCaches are the slab caches each TCP socket of a session adds to:
+// the socket, its inode, its file and dentry, and its epoll entries.
+var socketCaches = []string{"TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "eventpoll_pwq"}
+
+// slabDelta prints what each socket cache grew by, per session.
+func slabDelta(a, b kernelSample, sessions int64) string {
+	var parts []string
+	for _, c := range socketCaches {
+		x, y := a.caches[c], b.caches[c]
+		if y[1] == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %+.2f objects (%d B each)", c, float64(y[0]-x[0])/float64(max(sessions, 1)), y[1]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func sampleKernel() kernelSample {
@@ -570,6 +621,17 @@ func sampleKernel() kernelSample {
 					v, _ := strconv.ParseInt(f[0], 10, 64)
 					k.slab = v * 1024
 				}
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/slabinfo"); err == nil { // root only
+		k.caches = map[string][2]int64{}
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) > 4 && slices.Contains(socketCaches, f[0]) {
+				objs, _ := strconv.ParseInt(f[1], 10, 64)
+				size, _ := strconv.ParseInt(f[3], 10, 64)
+				k.caches[f[0]] = [2]int64{objs, size}
 			}
 		}
 	}
