@@ -471,7 +471,9 @@ func (c *conn) closeHandshake() error {
 
 // dialAll opens n connections, dialers at a time. Failures are counted and
 // skipped.
-func (b *bench) dialAll(n, readBuf int) []*conn {
+// dialAll opens n connections, dialers at a time; opened, when set, runs
+// on each as soon as it is open.
+func (b *bench) dialAll(n, readBuf int, opened func(*conn)) []*conn {
 	out := make([]*conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -490,6 +492,9 @@ func (b *bench) dialAll(n, readBuf int) []*conn {
 					continue
 				}
 				out[i] = c
+				if opened != nil {
+					opened(c)
+				}
 			}
 		}()
 	}
@@ -682,7 +687,7 @@ func closeAll(cs []*conn) func() {
 
 func (b *bench) rtt(r *result, n int, warmup, d time.Duration) {
 	r.Op = "round trip"
-	cs := b.dialAll(n, 4<<10)
+	cs := b.dialAll(n, 4<<10, nil)
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
@@ -721,7 +726,7 @@ func (b *bench) connError(c *conn, err error) {
 
 func (b *bench) throughput(r *result, n, inflight int, warmup, d time.Duration) {
 	r.Op = "MiB"
-	cs := b.dialAll(n, 64<<10)
+	cs := b.dialAll(n, 64<<10, nil)
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
@@ -811,22 +816,12 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 	r.Op = "session"
 	_, r.RSSBaseKiB = procStat(b.pids)
 	t0 := time.Now()
-	cs := b.dialAll(n, 1<<10)
+	// Each session answers pings from the moment it is open: opening
+	// thousands can take longer than a proxy's read_timeout.
+	cs := b.dialAll(n, 1<<10, func(c *conn) { go b.idleRead(c) })
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
-	}
-	for _, c := range cs {
-		go func() {
-			for {
-				err := c.readMessage(nil)
-				if err == nil {
-					continue // an idle session gets no data: count it, go on
-				}
-				b.connError(c, fmt.Errorf("idle session: %w", err))
-				return
-			}
-		}()
 	}
 	fmt.Fprintf(os.Stderr, "wsbench: %d sessions open in %.1fs\n", len(cs), time.Since(t0).Seconds())
 	settle := min(2*time.Second, hold)
@@ -853,6 +848,18 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range cs {
 		c.nc.Close()
+	}
+}
+
+// idleRead reads an idle session, answering pings, until it ends.
+func (b *bench) idleRead(c *conn) {
+	for {
+		err := c.readMessage(nil)
+		if err == nil {
+			continue // an idle session gets no data: count it, go on
+		}
+		b.connError(c, fmt.Errorf("idle session: %w", err))
+		return
 	}
 }
 
