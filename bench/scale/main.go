@@ -201,7 +201,7 @@ func caps(n int64, total, procs int) (sessions, conns int64, err error) {
 const proxyConfig = `listeners: [{address: "127.0.0.1:%d", reuse_port: true}]
 admin: {address: %q}
 log: {level: warn, access_log: false}
-defaults: {ping_interval: %s, read_timeout: %s, idle_timeout: 0s}
+defaults: {ping_interval: %s, read_timeout: %s, idle_timeout: 0s, handshake_timeout: 30s}
 admission: {max_sessions: %d, max_connections: %d}
 routes: [{path: /, pool: p}]
 pools:
@@ -252,7 +252,7 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 		}
 		admin := fmt.Sprintf("127.0.0.1:%d", ap)
 		cfg := filepath.Join(r.dir, fmt.Sprintf("wsproxy%d.yaml", i))
-		text := fmt.Sprintf(proxyConfig, port, admin, r.ping, 6*r.ping, maxSess, maxConns, list.String())
+		text := fmt.Sprintf(proxyConfig, port, admin, r.ping, max(60*time.Second, 6*r.ping), maxSess, maxConns, list.String())
 		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
 			return err
 		}
@@ -268,8 +268,8 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 			return err
 		}
 	}
-	fmt.Printf("%d proxies on 127.0.0.1:%d (reuse_port), each max_sessions %d, max_connections %d (open-files limit %d); %d echo backends; ping_interval %v\n",
-		nProxies, port, maxSess, maxConns, rl.Max, nBackends, r.ping)
+	fmt.Printf("%d proxies on 127.0.0.1:%d (reuse_port), each max_sessions %d, max_connections %d (open-files limit %d); %d echo backends; ping_interval %v; load average %s\n",
+		nProxies, port, maxSess, maxConns, rl.Max, nBackends, r.ping, loadavg())
 
 	before := make([]memSample, len(proxies))
 	for i, p := range proxies {
@@ -334,6 +334,7 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 		sent += s - sent0[i]
 		pong += a - pongs0[i]
 	}
+	fmt.Printf("load average at the end of the window %s\n", loadavg())
 	var still int64
 	for _, p := range proxies {
 		s, _ := sampleMem(p)
@@ -385,6 +386,16 @@ func (r *run) do(nProxies, nBackends, nClients, nSources int) error {
 		return fmt.Errorf("held %d sessions of %d, %d at the end", open, r.sessions, still)
 	}
 	return nil
+}
+
+// loadavg is the host's 1-minute load average: the figures of a run on a
+// loaded host are the host's as much as the proxies'.
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 func round(v float64) float64 { return float64(int64(v*1000+0.5)) / 1000 }
