@@ -152,7 +152,7 @@ func (r *run) stopAll() {
 	for _, p := range procs {
 		select {
 		case <-p.done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second): // closing 9,000 sockets on a loaded host takes a while
 			fmt.Fprintf(os.Stderr, "scale: %s (pid %d) did not exit\n", p.name, p.cmd.Process.Pid)
 		}
 	}
