@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,5 +171,71 @@ func TestReusePortRefused(t *testing.T) {
 				t.Fatalf("echo %q, want b:x", got)
 			}
 		})
+	}
+}
+
+// TestReusePortAfterUpgrade: the new process of a binary upgrade takes the
+// old one's socket with its SO_REUSEPORT, and says so when its file asks
+// for reuse_port off; another process with reuse_port then still joins the
+// port, and the kernel spreads sessions over both.
+func TestReusePortAfterUpgrade(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	backend := echoBackend(t, "b")
+	listen, admin := freePort(t), freePort(t)
+	pidFile := filepath.Join(t.TempDir(), "wsproxy.pid")
+	const conf = `
+listeners: [{address: %q, reuse_port: %t}]
+admin: {address: %q}
+pid_file: %q
+log: {level: info, access_log: false}
+defaults: {drain_timeout: 1s}
+routes: [{path: /, pool: p}]
+pools: {p: {backends: [{address: %q}]}}
+`
+	cfgPath := writeConfig(t, fmt.Sprintf(conf, listen, true, admin, pidFile, backend))
+	old := startUpgradable(t, upgradableBinary(t), "-config", cfgPath)
+	waitHTTP(t, old, "http://"+admin+"/readyz", 200)
+
+	// The upgrade reads the file again, which now says reuse_port: false.
+	if err := os.WriteFile(cfgPath, []byte(fmt.Sprintf(conf, listen, false, admin, pidFile, backend)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			select {
+			case <-old.done:
+				t.Logf("the old process exited: %v", old.err)
+			default:
+				t.Logf("the old process runs")
+			}
+			t.Logf("log:\n%s", old.stderr.String())
+		}
+	})
+	newPID := waitPIDFile(t, pidFile, old.cmd.Process.Pid)
+	adopt(t, newPID)
+	waitLog(t, old, "the listener taken over from the old process keeps its reuse_port")
+	waitFor(t, "the new process on the admin address", func() bool { return status(t, admin).PID == newPID })
+
+	other := freePort(t)
+	p := startProcess(t, "-config", writeConfig(t, fmt.Sprintf(reusePortConfig, listen, true, other, backend)))
+	waitHTTP(t, p, "http://"+other+"/readyz", 200)
+	for range 40 {
+		c, _, err := websocket.DefaultDialer.Dial("ws://"+listen+"/", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if got := exchange(t, c, "x"); got != "b:x" {
+			t.Fatalf("echo %q, want b:x", got)
+		}
+	}
+	upgraded, joined := routeSessions(t, admin), routeSessions(t, other)
+	if upgraded == 0 || joined == 0 || upgraded+joined != 40 {
+		t.Fatalf("40 sessions: %d on the upgraded process, %d on the one that joined", upgraded, joined)
 	}
 }

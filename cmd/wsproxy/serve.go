@@ -182,13 +182,16 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.health.Update(in.healthSpecs(cfg))
 	in.startDiscovery(ctx, cfg)
 
+	// Signals are caught before anything says the process is ready: Go
+	// drops a SIGUSR2 that comes before Notify, and a SIGHUP ends the
+	// process. Those sent early wait for the loop.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	var wg sync.WaitGroup
 	serveErr := in.startServing(ctx, cfg, ls, token, &wg)
 	in.announceReady(onReady)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
 	code, hurried := in.signalLoop(ctx, cfg, sigs, serveErr)
 	close(in.stopped)    // POST /reload answers 503 from now on
 	in.discovered.stop() // no set is applied while sessions drain
