@@ -59,6 +59,12 @@ type Listener struct {
 	Address string `yaml:"address"`
 	// TLS, when set, terminates TLS on this listener.
 	TLS *ListenerTLS `yaml:"tls"`
+	// ReusePort sets SO_REUSEPORT on the listening socket, so that
+	// several processes (each with its own descriptor budget) can listen
+	// on the same address and the kernel spreads new connections over
+	// them. Every process sharing the port must set it. Default false:
+	// a second process fails to bind. Read at start.
+	ReusePort bool `yaml:"reuse_port"`
 }
 
 // ListenerTLS configures TLS termination.

@@ -485,6 +485,8 @@ func TestMoreMistakes(t *testing.T) {
 		{"discovery interval", disc("{dns: chat.svc, type: a, port: 80, interval: 100ms}"), "t.yaml:3: pools.p.discovery.interval: 100ms is too short: want at least 500ms"},
 		{"discovery unknown key", disc("{dns: chat.svc, type: a, port: 80, ttl: 5s}"), "t.yaml:3: pools.p.discovery.ttl: unknown key"},
 		{"discovery hold", disc("{dns: chat.svc, hold: -1s}"), "t.yaml:3: pools.p.discovery.hold: bad duration"},
+		{"reuse_port not a bool", "listeners: [{address: \":8080\", reuse_port: 1}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "t.yaml:1: listeners[0].reuse_port: want true or false"},
+		{"reuse_port on port 0", "listeners: [{address: \"127.0.0.1:0\", reuse_port: true}]\nroutes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", `t.yaml:1: listeners[0].reuse_port: "127.0.0.1:0" has port 0`},
 		{"route limit", "listeners: [{address: \":8080\"}]\nroutes: [{path: /, pool: p, max_message_bytes: 0}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\n", "t.yaml:2: routes[0].max_message_bytes: must be above 0"},
 	}
 	for _, tc := range cases {

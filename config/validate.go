@@ -110,6 +110,8 @@ func (d *decoder) validateListeners() {
 			d.failAt(path+".address", "missing: every listener needs an address")
 		} else if err := checkAddress(l.Address, true); err != nil {
 			d.failAt(path+".address", "%v", err)
+		} else if _, port, _ := net.SplitHostPort(l.Address); l.ReusePort && port == "0" {
+			d.failAt(path+".reuse_port", "%q has port 0, which gives every process a port of its own: name the port the processes share", l.Address)
 		}
 		for j := 0; j < i; j++ {
 			if l.Address != "" && sameSocket(l.Address, c.Listeners[j].Address) {

@@ -108,6 +108,7 @@ func main() {
 	backendPids := flag.String("backend-pid", "", "backend process ids, comma separated, for its CPU")
 	caFile := flag.String("ca", "", "wss: CA certificates (PEM) to verify the server with (default: the system roots)")
 	curves := flag.String("curves", "X25519", "wss: key exchange groups to offer, comma separated: X25519, P256, P384, X25519MLKEM768")
+	sources := flag.String("source", "", "local addresses to connect from, comma separated, taken in turn (default: the kernel's choice)")
 	flag.Parse()
 	raiseFileLimit()
 
@@ -142,6 +143,7 @@ func main() {
 	b := &bench{
 		host: u.Host, path: u.RequestURI(), size: *size, dialers: max(*dialers, 1),
 		pids: parsePids(*pids), backendPids: parsePids(*backendPids), tls: tlsConf,
+		sources: parseSources(*sources),
 	}
 	b.prepare()
 
@@ -270,6 +272,8 @@ type bench struct {
 	backendPids []int
 	tls         *tls.Config // nil for ws://
 	tlsInfo     atomic.Pointer[string]
+	sources     []*net.TCPAddr // local addresses, taken in turn
+	nextSource  atomic.Uint64
 
 	request []byte // the upgrade request
 	accept  string // the Sec-WebSocket-Accept it must get back
@@ -354,7 +358,12 @@ var errClosed = errors.New("close frame received")
 
 // dial connects and upgrades; the read buffer is sized for the workload.
 func (b *bench) dial(readBuf int) (*conn, error) {
-	nc, err := net.DialTimeout("tcp", b.host, 10*time.Second)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if len(b.sources) > 0 {
+		d.LocalAddr = b.sources[(b.nextSource.Add(1)-1)%uint64(len(b.sources))]
+		d.Control = bindAddressNoPort
+	}
+	nc, err := d.Dial("tcp", b.host)
 	if err != nil {
 		return nil, err
 	}
@@ -539,7 +548,9 @@ func (c *conn) closeHandshake() error {
 
 // dialAll opens n connections, dialers at a time. Failures are counted and
 // skipped.
-func (b *bench) dialAll(n, readBuf int) []*conn {
+// dialAll opens n connections, dialers at a time; opened, when set, runs
+// on each as soon as it is open.
+func (b *bench) dialAll(n, readBuf int, opened func(*conn)) []*conn {
 	out := make([]*conn, n)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -558,6 +569,9 @@ func (b *bench) dialAll(n, readBuf int) []*conn {
 					continue
 				}
 				out[i] = c
+				if opened != nil {
+					opened(c)
+				}
 			}
 		}()
 	}
@@ -607,6 +621,38 @@ func clientCPU() float64 {
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e6
 }
+
+// parseSources reads -source: addresses without ports.
+func parseSources(s string) []*net.TCPAddr {
+	var out []*net.TCPAddr
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
+		ip := net.ParseIP(f)
+		if ip == nil {
+			fatal(fmt.Errorf("bad -source address %q", f))
+		}
+		out = append(out, &net.TCPAddr{IP: ip})
+	}
+	return out
+}
+
+// bindAddressNoPort lets the kernel choose the local port at connect,
+// for the whole 4-tuple, rather than at bind: a port bound to one source
+// address would otherwise be taken for every destination, and many
+// clients on one address would run out of ports at ~28,000.
+func bindAddressNoPort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (Linux 4.2), which the
+// syscall package does not name.
+const ipBindAddressNoPort = 24
 
 func parsePids(s string) []int {
 	var out []int
@@ -718,7 +764,7 @@ func closeAll(cs []*conn) func() {
 
 func (b *bench) rtt(r *result, n int, warmup, d time.Duration) {
 	r.Op = "round trip"
-	cs := b.dialAll(n, 4<<10)
+	cs := b.dialAll(n, 4<<10, nil)
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
@@ -757,7 +803,7 @@ func (b *bench) connError(c *conn, err error) {
 
 func (b *bench) throughput(r *result, n, inflight int, warmup, d time.Duration) {
 	r.Op = "MiB"
-	cs := b.dialAll(n, 64<<10)
+	cs := b.dialAll(n, 64<<10, nil)
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
@@ -847,22 +893,12 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 	r.Op = "session"
 	_, r.RSSBaseKiB = procStat(b.pids)
 	t0 := time.Now()
-	cs := b.dialAll(n, 1<<10)
+	// Each session answers pings from the moment it is open: opening
+	// thousands can take longer than a proxy's read_timeout.
+	cs := b.dialAll(n, 1<<10, func(c *conn) { go b.idleRead(c) })
 	r.ConnsOpen = len(cs)
 	if len(cs) == 0 {
 		return
-	}
-	for _, c := range cs {
-		go func() {
-			for {
-				err := c.readMessage(nil)
-				if err == nil {
-					continue // an idle session gets no data: count it, go on
-				}
-				b.connError(c, fmt.Errorf("idle session: %w", err))
-				return
-			}
-		}()
 	}
 	fmt.Fprintf(os.Stderr, "wsbench: %d sessions open in %.1fs\n", len(cs), time.Since(t0).Seconds())
 	settle := min(2*time.Second, hold)
@@ -890,6 +926,18 @@ func (b *bench) idle(r *result, n int, hold time.Duration) {
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range cs {
 		c.raw.Close()
+	}
+}
+
+// idleRead reads an idle session, answering pings, until it ends.
+func (b *bench) idleRead(c *conn) {
+	for {
+		err := c.readMessage(nil)
+		if err == nil {
+			continue // an idle session gets no data: count it, go on
+		}
+		b.connError(c, fmt.Errorf("idle session: %w", err))
+		return
 	}
 }
 

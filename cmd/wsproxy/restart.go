@@ -8,7 +8,7 @@ import (
 )
 
 // A reload applies what it can at once; a few settings are read only when
-// the process starts: the addresses it listens on, the log format, and
+// the process starts: the addresses it listens on and their reuse_port, the log format, and
 // the two limits fasthttp reads per connection (the request head size and
 // the time to read a request). A reload that changes one of them succeeds
 // for everything else, warns about each of these and marks a restart as
@@ -47,6 +47,8 @@ func restartChanges(started, next *config.Config) []restartChange {
 	for i := range min(len(started.Listeners), len(next.Listeners)) {
 		add(restartChange{key: fmt.Sprintf("listeners[%d].address", i),
 			running: started.Listeners[i].Address, file: next.Listeners[i].Address})
+		add(restartChange{key: fmt.Sprintf("listeners[%d].reuse_port", i),
+			running: strconv.FormatBool(started.Listeners[i].ReusePort), file: strconv.FormatBool(next.Listeners[i].ReusePort)})
 		// The ACME manager is built at start.
 		add(restartChange{key: fmt.Sprintf("listeners[%d].tls.acme", i),
 			running: acmeSummary(started.Listeners[i].TLS), file: acmeSummary(next.Listeners[i].TLS)})

@@ -178,6 +178,8 @@ pools: {p: {backends: [{address: "127.0.0.1:1"}]}}
 		{"route only", "routes: [{path: /, pool: p}]", "routes: [{path: /x, pool: p}]", nil},
 		{"second listener", `{address: "127.0.0.1:8081"}`, `{address: ":8082"}`,
 			[]string{"listeners[1].address: 127.0.0.1:8081 -> :8082"}},
+		{"reuse_port", `{address: "127.0.0.1:8081"}`, `{address: "127.0.0.1:8081", reuse_port: true}`,
+			[]string{"listeners[1].reuse_port: false -> true"}},
 		{"admin off", `admin: {address: "127.0.0.1:9090"}`, `admin: {address: ""}`,
 			[]string{`admin.address: 127.0.0.1:9090 -> ""`}},
 		{"log format", "log: {format: json}", "log: {format: console}",

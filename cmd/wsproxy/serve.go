@@ -182,13 +182,16 @@ func (in *instance) serve(cfg *config.Config, onReady func()) int {
 	in.health.Update(in.healthSpecs(cfg))
 	in.startDiscovery(ctx, cfg)
 
+	// Signals are caught before anything says the process is ready: Go
+	// drops a SIGUSR2 that comes before Notify, and a SIGHUP ends the
+	// process. Those sent early wait for the loop.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
 	var wg sync.WaitGroup
 	serveErr := in.startServing(ctx, cfg, ls, token, &wg)
 	in.announceReady(onReady)
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
 	code, hurried := in.signalLoop(ctx, cfg, sigs, serveErr)
 	close(in.stopped)    // POST /reload answers 503 from now on
 	in.discovered.stop() // no set is applied while sessions drain
@@ -266,14 +269,14 @@ func (ls *sockets) close() {
 func (in *instance) listen(cfg *config.Config) (*sockets, error) {
 	ls := &sockets{}
 	for i, l := range cfg.Listeners {
-		// No TCP keep-alive on client connections: WebSocket sessions
-		// have the proxy's pings and read timeout, plain HTTP its idle
-		// timeout, and keep-alive costs four setsockopt calls per
-		// connection.
-		ln, err := in.up.listen(l.Address, &net.ListenConfig{KeepAlive: -1})
+		ln, err := in.up.listen(l.Address, clientListenConfig(l))
 		if err != nil {
 			ls.close()
-			return nil, err
+			return nil, listenError(i, l, err)
+		}
+		if on, ok := reusePortOf(ln); ok && on != l.ReusePort {
+			in.log.Warn("the listener taken over from the old process keeps its reuse_port; a restart applies the new value",
+				zap.String("key", fmt.Sprintf("listeners[%d].reuse_port", i)), zap.Bool("running", on), zap.Bool("file", l.ReusePort))
 		}
 		in.addrs = append(in.addrs, ln.Addr())
 		if in.tls[i] != nil {
