@@ -3,6 +3,8 @@ package relay
 import (
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
@@ -173,7 +175,10 @@ func (s *Session) maybeFinish() {
 }
 
 // finish closes both sockets and releases everything the session holds.
-// It runs once.
+// It runs once. A bare descriptor is only shut down here, which wakes a
+// pump reading or waiting to write on it; it is closed once no pump may
+// use it any more (releaseFDs): a descriptor number closed under a pump
+// could be another connection's by the time the pump uses it.
 func (s *Session) finish() {
 	if !s.done.CompareAndSwap(false, true) {
 		return
@@ -185,13 +190,16 @@ func (s *Session) finish() {
 		if x.close.has(sideStalled) {
 			x.abort()
 		}
-		if x.sock != nil {
+		switch {
+		case x.bare:
+			_ = unix.Shutdown(x.fd, unix.SHUT_RDWR)
+		case x.sock != nil:
 			// The WebSocket closing handshake is done; a TLS
 			// close_notify could block on a peer that stopped reading.
 			_ = x.sock.Close()
-			continue
+		default:
+			_ = x.conn.Close()
 		}
-		_ = x.conn.Close()
 	}
 	s.regMu.Unlock()
 	// Logs and metrics say what the client saw: a Close the relay decided
@@ -202,4 +210,25 @@ func (s *Session) finish() {
 		s.closeCode.Store(wsframe.CloseAbnormal)
 	}
 	s.hooks.Ended()
+	// An idle pump stops for good here; a running one when it next looks.
+	s.client.retireIdle()
+	s.backend.retireIdle()
+	s.releaseFDs()
+}
+
+// closeFD is close(2); tests count the calls.
+var closeFD = unix.Close
+
+// releaseFDs is called once by each pump when it stops for good and once
+// by finish: the last of the three closes the bare descriptors. The kernel
+// drops their epoll registrations (Registration.Remove ran in finish).
+func (s *Session) releaseFDs() {
+	if s.fdUsers.Add(-1) != 0 {
+		return
+	}
+	for _, x := range []*side{&s.client, &s.backend} {
+		if x.bare {
+			_ = closeFD(x.fd)
+		}
+	}
 }

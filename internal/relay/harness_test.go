@@ -3,6 +3,8 @@ package relay
 import (
 	"bufio"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -13,7 +15,9 @@ import (
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/poller"
+	"github.com/wsproxy/wsproxy/internal/testpki"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -98,22 +102,53 @@ type rig struct {
 	hooks   *recorder
 	client  *peer
 	backend *peer
+	// fds are the relay's bare descriptors, client's then backend's (-1
+	// for a Conn side).
+	fds [2]int
 }
 
 // peer is the test's end of one side.
 type peer struct {
 	t    testing.TB
 	conn net.Conn
+	tcp  *net.TCPConn // under conn
 	br   *bufio.Reader
 	mask bool // frames from here are masked (the client's)
 }
+
+// sides is what the relay's ends of a rig's session are.
+type sides uint8
+
+const (
+	defaultSides sides = iota // rigSides
+	connSides                 // two *net.TCPConn
+	fdSides                   // two bare descriptors, added to the poller by Start
+	regSides                  // two bare descriptors registered already, each on a poller of its own
+	mixedSides                // a bare client, a TLS backend over a Socket
+)
+
+var sidesNames = [...]string{"default", "conn", "fd", "reg", "mixed"}
+
+func (k sides) String() string { return sidesNames[k] }
+
+// rigSides is what newRig builds unless told: runOverSides runs the rig
+// tests over each kind.
+var rigSides = connSides
 
 // rigOpts tune a rig.
 type rigOpts struct {
 	early, backendEarly []byte
 	rsv                 RSVRule
 	deadline            time.Time
+	sides               sides
+	// hooks, if set, wraps the recorder the session reports to.
+	hooks func(*recorder) Hooks
 }
+
+// ignore is a handler for a registration the relay takes over at Start.
+type ignore struct{}
+
+func (ignore) Ready(*poller.Loop) {}
 
 // newRig starts a session relaying with limits. The goroutine-leak check
 // runs when the test ends: after the session has finished, the relay must
@@ -125,22 +160,75 @@ func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	client, proxyClient := tcpPair(tb)
-	proxyBackend, backend := tcpPair(tb)
-	r := &rig{t: tb, s: new(Session), hooks: newRecorder(),
-		client:  &peer{t: tb, conn: client, br: bufio.NewReader(client), mask: true},
-		backend: &peer{t: tb, conn: backend, br: bufio.NewReader(backend)},
+	if o.sides == defaultSides {
+		o.sides = rigSides
 	}
+	r := &rig{t: tb, s: new(Session), hooks: newRecorder(), fds: [2]int{-1, -1}}
+	var cep, bep Endpoint
+	var client, backend net.Conn
+	var ctcp, btcp *net.TCPConn
+	pollers := []*poller.Poller{p}
+	switch o.sides {
+	case connSides:
+		var proxyClient, proxyBackend *net.TCPConn
+		ctcp, proxyClient = tcpPair(tb)
+		proxyBackend, btcp = tcpPair(tb)
+		cep, bep = Endpoint{Conn: proxyClient}, Endpoint{Conn: proxyBackend}
+	case fdSides, regSides, mixedSides:
+		r.fds[0], ctcp = rawPair(tb)
+		cep = Endpoint{FD: r.fds[0]}
+		if o.sides == mixedSides {
+			var proxyBackend *net.TCPConn
+			proxyBackend, btcp = tcpPair(tb)
+			bep.Conn, backend = tlsPair(tb, proxyBackend, btcp)
+			break
+		}
+		r.fds[1], btcp = rawPair(tb)
+		bep = Endpoint{FD: r.fds[1]}
+		if o.sides == regSides {
+			for i, ep := range []*Endpoint{&cep, &bep} {
+				pi, err := poller.New()
+				if err != nil {
+					tb.Fatal(err)
+				}
+				pollers = append(pollers, pi)
+				// The backend's comes from a non-blocking connect, which
+				// waits for the socket to be writable.
+				ep.Writable = i == 1
+				f := poller.Flags(0)
+				if ep.Writable {
+					f = poller.Writable
+				}
+				if ep.Reg, err = pi.AddFlags(ep.FD, f, ignore{}); err != nil {
+					tb.Fatal(err)
+				}
+			}
+		}
+	}
+	client = ctcp
+	if backend == nil {
+		backend = btcp
+	}
+	r.client = &peer{t: tb, conn: client, tcp: ctcp, br: bufio.NewReader(client), mask: true}
+	r.backend = &peer{t: tb, conn: backend, tcp: btcp, br: bufio.NewReader(backend)}
 	if limits.CloseTimeout == 0 {
 		limits.CloseTimeout = 2 * time.Second
 	}
-	err = r.s.Init(proxyClient, proxyBackend, &Options{Limits: limits,
-		ClientEarly: o.early, BackendEarly: o.backendEarly, Extensions: o.rsv, Hooks: r.hooks,
+	var hooks Hooks = r.hooks
+	if o.hooks != nil {
+		hooks = o.hooks(r.hooks)
+	}
+	err = r.s.InitEndpoints(cep, bep, &Options{Limits: limits,
+		ClientEarly: o.early, BackendEarly: o.backendEarly, Extensions: o.rsv, Hooks: hooks,
 		Deadline: o.deadline, DeadlineReason: "token expired"})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := r.s.Start(p); err != nil {
+	start := p
+	if o.sides == regSides {
+		start = nil // each side has its poller
+	}
+	if err := r.s.Start(start); err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() {
@@ -148,9 +236,77 @@ func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
 		<-r.hooks.ended
 		client.Close()
 		backend.Close()
-		p.Close()
+		for _, p := range pollers {
+			p.Close()
+		}
 	})
 	return r
+}
+
+// rawPair returns a connected non-blocking TCP socket for the relay to own,
+// and the test's end of it.
+func rawPair(tb testing.TB) (fd int, peer *net.TCPConn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		unix.Close(fd)
+		tb.Fatal(err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		tb.Fatal(err)
+	}
+	c, err := ln.Accept()
+	if err != nil {
+		unix.Close(fd)
+		tb.Fatal(err)
+	}
+	return fd, c.(*net.TCPConn)
+}
+
+var testCert struct {
+	once sync.Once
+	cert tls.Certificate
+	pool *x509.CertPool
+}
+
+// tlsPair runs a TLS handshake over a loopback pair: the relay's end is a
+// client over a Socket, the test's a server. It returns both.
+func tlsPair(tb testing.TB, proxyEnd, testEnd *net.TCPConn) (relayConn, peerConn *tls.Conn) {
+	tb.Helper()
+	testCert.once.Do(func() {
+		ca := testpki.NewCA(tb)
+		leaf := ca.Issue(tb, "relay", testpki.Options{Names: []string{"relay.test"}})
+		cert, err := tls.LoadX509KeyPair(leaf.CertFile, leaf.KeyFile)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		testCert.cert, testCert.pool = cert, ca.Pool()
+	})
+	sock, err := NewSocket(proxyEnd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	relayConn = tls.Client(sock, &tls.Config{RootCAs: testCert.pool, ServerName: "relay.test"})
+	peerConn = tls.Server(testEnd, &tls.Config{Certificates: []tls.Certificate{testCert.cert}})
+	done := make(chan error, 1)
+	go func() { done <- peerConn.Handshake() }()
+	if err := relayConn.Handshake(); err != nil {
+		tb.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		tb.Fatal(err)
+	}
+	return relayConn, peerConn
 }
 
 // waitEnded waits for the Ended hook.

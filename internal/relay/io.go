@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,6 +17,9 @@ var errWouldBlock = errors.New("relay: would block")
 // read reads without blocking. It returns errWouldBlock when the socket has
 // nothing, io.EOF at the end.
 func (x *side) read(b []byte) (n int, err error) {
+	if x.bare {
+		return x.readBare(b)
+	}
 	if x.tls != nil {
 		return x.readTLS(b)
 	}
@@ -33,6 +38,24 @@ func (x *side) read(b []byte) (n int, err error) {
 		return 0, io.EOF
 	}
 	return n, nil
+}
+
+// readBare is read for a bare descriptor: read(2) itself, with no
+// runtime poller or lock in between.
+func (x *side) readBare(b []byte) (int, error) {
+	for {
+		n, err := rawRead(x.fd, b)
+		switch {
+		case n > 0:
+			return n, nil
+		case err == nil:
+			return 0, io.EOF
+		case err == unix.EAGAIN:
+			return 0, errWouldBlock
+		case err != unix.EINTR:
+			return 0, err
+		}
+	}
 }
 
 // readTLS reads decrypted bytes without blocking.
@@ -54,6 +77,9 @@ func (x *side) readTLS(b []byte) (int, error) {
 func (x *side) write(b []byte) error {
 	if len(b) == 0 {
 		return nil
+	}
+	if x.bare {
+		return x.writeBare(b)
 	}
 	if x.tls != nil {
 		// A TLS record must go out whole: the Socket writes what it can
@@ -88,6 +114,67 @@ func (x *side) write(b []byte) error {
 	return err
 }
 
+// writeBare is write for a bare descriptor: write(2) until b is out; when
+// the socket is full, the writing pump (x's peer's) leaves its loop and
+// waits for room in poll(2), up to the write timeout for the rest of b.
+func (x *side) writeBare(b []byte) error {
+	var deadline int64 // monotonic ns; set at the first full socket
+	for len(b) > 0 {
+		n, err := rawWrite(x.fd, b)
+		if n > 0 {
+			b = b[n:]
+			continue
+		}
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			return err
+		}
+		if deadline == 0 {
+			x.peer.detach()
+			deadline = -1
+			if wt := x.s.limits.WriteTimeout; wt > 0 {
+				deadline = monoNow() + int64(wt)
+			}
+		}
+		if err := waitWritable(x.fd, deadline); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// waitWritable blocks until fd can take more bytes, has failed or hung up
+// (the next write says which), or the deadline passes (monotonic ns; -1
+// for none: finish's shutdown(2) wakes it). It goes through syscall.Syscall6
+// so the scheduler hands the thread's P to other goroutines meanwhile.
+func waitWritable(fd int, deadline int64) error {
+	for {
+		pfd := unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}
+		var ts unix.Timespec
+		var tsp *unix.Timespec // nil: no timeout
+		if deadline >= 0 {
+			left := deadline - monoNow()
+			if left <= 0 {
+				return os.ErrDeadlineExceeded
+			}
+			ts = unix.NsecToTimespec(left)
+			tsp = &ts
+		}
+		n, _, errno := syscall.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&pfd)), 1, uintptr(unsafe.Pointer(tsp)), 0, 0, 0)
+		switch {
+		case errno == unix.EINTR || errno == 0 && n == 0:
+			// Interrupted, or timed out: the deadline is looked at again.
+		case errno != 0:
+			return errno
+		default:
+			return nil
+		}
+	}
+}
+
 func (x *side) setWriteDeadline() error {
 	if wt := x.s.limits.WriteTimeout; wt > 0 {
 		return x.conn.SetWriteDeadline(time.Now().Add(wt))
@@ -108,6 +195,10 @@ func isTimeout(err error) bool {
 // holds for a peer that stopped reading are dropped at once instead of
 // being retried for minutes, as nginx's reset_timedout_connection does.
 func (x *side) abort() {
+	if x.bare {
+		_ = unix.SetsockoptLinger(x.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		return
+	}
 	tc, ok := x.conn.(*net.TCPConn)
 	if x.sock != nil {
 		tc, ok = x.sock.TCPConn, true

@@ -16,6 +16,7 @@ const (
 	pumpIdle    int32 = iota // no goroutine; the poller or a sender schedules one
 	pumpRunning              // a goroutine is pumping
 	pumpAgain                // running, and asked to look again before it stops
+	pumpDead                 // stopped for good: the session finished
 )
 
 const (
@@ -40,12 +41,18 @@ var bufPool = sync.Pool{New: func() any {
 type side struct {
 	s    *Session
 	peer *side
-	conn net.Conn
+	conn net.Conn // nil for a bare descriptor
 	rc   syscall.RawConn
 	fd   int
 	reg  poller.Registration
 	tls  *tls.Conn // nil for plain TCP
 	sock *Socket   // under tls
+	// bare: fd is all there is (Endpoint.FD), read and written with raw
+	// system calls and closed by releaseFDs.
+	bare bool
+	// rebind: reg came with the endpoint, and Start takes it over;
+	// writable: it reports room to write, which Start turns off.
+	rebind, writable bool
 
 	state atomic.Int32 // pump state
 	kind  Side
@@ -141,7 +148,8 @@ func (x *side) pump() {
 	for {
 		if x.s.done.Load() {
 			x.loop = nil
-			x.state.Store(pumpIdle)
+			x.state.Store(pumpDead)
+			x.s.releaseFDs()
 			return
 		}
 		x.flushCtrl()
@@ -173,10 +181,22 @@ func (x *side) pump() {
 		l := x.loop
 		x.loop = nil
 		if x.state.CompareAndSwap(pumpRunning, pumpIdle) {
+			// finish may have found the pump running, and left it to stop
+			// for good by itself.
+			x.retireIdle()
 			return
 		}
 		x.loop = l
 		x.state.Store(pumpRunning)
+	}
+}
+
+// retireIdle stops an idle pump for good once the session is finished:
+// finish and the pump that has just gone idle both try, one succeeds. A
+// pump woken meanwhile stops for good when it sees the session done.
+func (x *side) retireIdle() {
+	if x.s.done.Load() && x.state.CompareAndSwap(pumpIdle, pumpDead) {
+		x.s.releaseFDs()
 	}
 }
 

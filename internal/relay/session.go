@@ -73,7 +73,11 @@ type Session struct {
 	closeCode     atomic.Int32
 	closedBy      atomic.Int32
 	regMu         sync.Mutex // guards the sides' reg between Start and finish
-	timer         *time.Timer
+	// fdUsers counts who may still use the bare descriptors: each pump
+	// until it stops for good, and finish until it has shut them down.
+	// The last one closes them (releaseFDs).
+	fdUsers atomic.Int32
+	timer   *time.Timer
 	// deadline is Options.Deadline's, for the few sessions that have one.
 	deadline *deadline
 
@@ -91,10 +95,52 @@ type deadline struct {
 	reason string
 }
 
+// Endpoint is one side of a session.
+type Endpoint struct {
+	// Conn, if set, is used as today: a TCP connection or TLS over a Socket.
+	Conn net.Conn
+	// FD, when Conn is nil, is a connected non-blocking TCP socket the
+	// session owns from InitEndpoints on (it closes it, also on error).
+	// The relay sets nothing on it but SO_LINGER, to reset a peer that
+	// stopped reading: TCP_NODELAY and buffer sizes are the caller's.
+	FD int
+	// Reg, if set, is FD's registration on a poller (poller.AddFlags,
+	// Registration.Poller): Start rebinds it to the relay (Registration.Rebind,
+	// no epoll_ctl) instead of adding FD again; Modify it to drop Writable if set.
+	// Until Start, its old handler must ignore the events it still gets.
+	Reg poller.Registration
+	// Writable says Reg was added with poller.Writable, which Start then
+	// drops (Registration.Modify, one epoll_ctl): the relay waits for room
+	// in a full socket by itself.
+	Writable bool
+}
+
+// connEndpoint is c as an endpoint; a nil c is no socket, not descriptor 0.
+func connEndpoint(c net.Conn) Endpoint {
+	if c == nil {
+		return Endpoint{FD: -1}
+	}
+	return Endpoint{Conn: c}
+}
+
+// errRegNeedsFD is InitEndpoints' answer to a registration beside a Conn.
+var errRegNeedsFD = errors.New("relay: an endpoint's Reg needs an FD, not a Conn")
+
+// errRegRemoved is Start's answer to an endpoint whose registration was
+// removed before the session could take it over.
+var errRegRemoved = errors.New("relay: endpoint registration removed before Start")
+
 // Init prepares s to relay between two connected sockets: each a TCP
 // connection or TLS over a Socket. On error s must not be used, and the
 // connections are left to the caller.
 func (s *Session) Init(clientConn, backendConn net.Conn, o *Options) error {
+	return s.InitEndpoints(connEndpoint(clientConn), connEndpoint(backendConn), o)
+}
+
+// InitEndpoints is Init for endpoints of either kind. On error s must not
+// be used; the Conns are left to the caller, the FDs are closed (their
+// registrations removed first).
+func (s *Session) InitEndpoints(client, backend Endpoint, o *Options) error {
 	s.limits, s.hooks, s.rsv = o.Limits, o.Hooks, o.Extensions
 	if !o.Deadline.IsZero() {
 		s.deadline = &deadline{at: monoNow() + int64(time.Until(o.Deadline)), code: o.DeadlineCode, reason: o.DeadlineReason}
@@ -109,19 +155,43 @@ func (s *Session) Init(clientConn, backendConn net.Conn, o *Options) error {
 	s.timer = time.AfterFunc(time.Hour, s.tick)
 	s.timer.Stop()
 	binary.LittleEndian.PutUint32(s.pingTag[:], rand.Uint32()|1)
-	s.client = side{s: s, kind: Client, peer: &s.backend, conn: clientConn, early: o.ClientEarly}
-	s.backend = side{s: s, kind: Backend, peer: &s.client, conn: backendConn, early: o.BackendEarly}
+	s.client = side{s: s, kind: Client, peer: &s.backend, early: o.ClientEarly}
+	s.backend = side{s: s, kind: Backend, peer: &s.client, early: o.BackendEarly}
+	// Two pumps and finish hold the bare descriptors (see releaseFDs).
+	s.fdUsers.Store(3)
 	s.client.limitRate(s.limits.MaxMessagesPerSecond, s.limits.MessageBurst)
-	for _, x := range []*side{&s.client, &s.backend} {
-		if err := x.bind(); err != nil {
-			return err
+	err := s.client.bind(client)
+	if err == nil {
+		err = s.backend.bind(backend)
+	}
+	if err != nil {
+		for _, ep := range []Endpoint{client, backend} {
+			if ep.Conn == nil && ep.FD >= 0 {
+				ep.Reg.Remove()
+				_ = closeFD(ep.FD)
+			}
 		}
+		return err
 	}
 	return nil
 }
 
-// bind finds x's socket and binds its raw calls.
-func (x *side) bind() error {
+// bind takes ep as x's socket and binds its raw calls.
+func (x *side) bind(ep Endpoint) error {
+	if ep.Conn == nil {
+		if ep.FD < 0 {
+			return ErrNotSocket
+		}
+		x.fd, x.bare = ep.FD, true
+		if ep.Reg.Poller() != nil {
+			x.reg, x.rebind, x.writable = ep.Reg, true, ep.Writable
+		}
+		return nil
+	}
+	if ep.Reg.Poller() != nil {
+		return errRegNeedsFD
+	}
+	x.conn = ep.Conn
 	var sc syscall.Conn
 	if tc, ok := x.conn.(*tls.Conn); ok {
 		sock, ok := tc.NetConn().(*Socket)
@@ -146,7 +216,9 @@ func (x *side) bind() error {
 	return rc.Control(func(fd uintptr) { x.fd = int(fd) })
 }
 
-// Start registers both sockets with p, relays what arrived with the
+// Start registers both sockets with p, or rebinds the registrations the
+// endpoints came with (each side then runs on its own registration's
+// poller, and p may be nil if both have one), relays what arrived with the
 // handshakes and starts the session's timer. If it fails, the caller ends
 // the session with Finish.
 func (s *Session) Start(p *poller.Poller) error {
@@ -164,14 +236,23 @@ func (s *Session) Start(p *poller.Poller) error {
 	for _, x := range []*side{&s.client, &s.backend} {
 		x.lastRead.Store(now)
 		x.lastPing.Store(now)
-		reg, err := p.Add(x.fd, x)
+		var err error
+		switch {
+		case !x.rebind:
+			x.reg, err = p.Add(x.fd, x)
+		case !x.reg.Rebind(x):
+			err = errRegRemoved
+		case x.writable:
+			err = x.reg.Modify(0)
+		}
 		if err != nil {
+			// Nothing more may reach the session; finish removes the
+			// registrations again, which does nothing the second time.
 			s.client.reg.Remove()
-			s.client.reg = poller.Registration{}
+			s.backend.reg.Remove()
 			s.regMu.Unlock()
 			return err
 		}
-		x.reg = reg
 	}
 	s.regMu.Unlock()
 	s.timer.Reset(s.nextTick(now))
@@ -193,8 +274,9 @@ func (s *Session) Close(clientCode, backendCode int, reason string) {
 	s.maybeFinish()
 }
 
-// Finish ends the session at once: both sockets are closed, and Ended
-// runs unless it ran already.
+// Finish ends the session at once: both sockets are closed (a bare
+// descriptor is shut down at once and closed as soon as no pump uses it),
+// and Ended runs unless it ran already.
 func (s *Session) Finish() { s.finish() }
 
 // Done reports whether the session has finished.

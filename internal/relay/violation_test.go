@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"net"
 	"syscall"
 	"testing"
 	"time"
@@ -138,7 +137,7 @@ func TestRelayBackPressure(t *testing.T) {
 			if stall == Client {
 				sender, staller, reason, code = r.backend, r.client, "client stopped reading", 1001
 			}
-			_ = staller.conn.(*net.TCPConn).SetReadBuffer(4 << 10)
+			_ = staller.tcp.SetReadBuffer(4 << 10)
 			msg := sender.frame(true, wsframe.OpBinary, make([]byte, 64<<10))
 			done := make(chan error, 1)
 			go func() {
