@@ -3,7 +3,15 @@ package relay
 import (
 	"io"
 	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/poller"
+	"golang.org/x/sys/unix"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
@@ -79,18 +87,169 @@ func TestRelayAllocatesNothingPerControlFrame(t *testing.T) {
 }
 
 func benchmarkRelay(b *testing.B, size int) {
-	r := newRig(b, &Limits{MaxMessageBytes: 1 << 20}, rigOpts{})
-	const frames = 64
-	batch := opBatch(r, frames, wsframe.OpBinary, size)
-	rl := newRelayer(b, r, len(batch))
-	b.SetBytes(int64(len(batch)))
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		rl.relay(b, batch)
+	for _, sd := range []sides{connSides, fdSides} {
+		b.Run(sd.String(), func(b *testing.B) {
+			r := newRig(b, &Limits{MaxMessageBytes: 1 << 20}, rigOpts{sides: sd})
+			const frames = 64
+			batch := opBatch(r, frames, wsframe.OpBinary, size)
+			rl := newRelayer(b, r, len(batch))
+			b.SetBytes(int64(len(batch)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime(b)
+			for i := 0; i < b.N; i++ {
+				rl.relay(b, batch)
+			}
+			// The process's CPU time, the test's ends included, tells
+			// less of the machine's other load than the elapsed time.
+			b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N*frames), "cpu-ns/frame")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
+		})
 	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
 }
 
 func BenchmarkRelay128B(b *testing.B)  { benchmarkRelay(b, 128) }
 func BenchmarkRelay16KiB(b *testing.B) { benchmarkRelay(b, 16<<10) }
+
+// idleSessions is how many sessions BenchmarkIdleSessionMemory opens: four
+// descriptors each, under this machine's open-files cap of 20,000.
+const idleSessions = 4000
+
+// BenchmarkIdleSessionMemory reports what an idle session costs the Go
+// heap (live after a GC, and in use before it) and the process's RSS, 2 s
+// after idleSessions sessions opened, over Conn and over bare sides. The
+// test's ends are bare descriptors, which cost the heap nothing. It runs
+// once whatever b.N: use -benchtime=1x.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	for _, sd := range []sides{connSides, fdSides} {
+		b.Run(sd.String(), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				measureIdleSessions(b, sd)
+			}
+		})
+	}
+}
+
+func measureIdleSessions(b *testing.B, sd sides) {
+	p, err := poller.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	ln, port := rawListener(b)
+	defer unix.Close(ln)
+	limits := &Limits{MaxMessageBytes: 1 << 20, PingInterval: time.Hour}
+	hooks := make([]*recorder, 0, idleSessions)
+	sessions := make([]*Session, 0, idleSessions)
+	peers := make([]int, 0, 2*idleSessions)
+	defer func() {
+		for _, s := range sessions {
+			s.Finish()
+		}
+		for _, h := range hooks {
+			<-h.ended
+		}
+		for _, fd := range peers {
+			unix.Close(fd)
+		}
+	}()
+	runtime.GC()
+	before, rssBefore := heapStats(), rss(b)
+	for i := 0; i < idleSessions; i++ {
+		var eps [2]Endpoint
+		for k := range eps {
+			fd, peer := rawTCPPair(b, ln, port)
+			peers = append(peers, peer)
+			eps[k] = Endpoint{FD: fd}
+			if sd == connSides {
+				f := os.NewFile(uintptr(fd), "")
+				c, err := net.FileConn(f) // a dup of fd
+				f.Close()
+				if err != nil {
+					b.Fatal(err)
+				}
+				eps[k] = Endpoint{Conn: c}
+			}
+		}
+		h := newRecorder()
+		s := new(Session)
+		if err := s.InitEndpoints(eps[0], eps[1], &Options{Limits: limits, Hooks: h}); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Start(p); err != nil {
+			b.Fatal(err)
+		}
+		sessions, hooks = append(sessions, s), append(hooks, h)
+	}
+	time.Sleep(2 * time.Second) // what is measured: memory 2 s after opening
+	inUse, rssAfter := heapStats(), rss(b)
+	runtime.GC()
+	live := heapStats()
+	n := float64(idleSessions)
+	b.ReportMetric(float64(live.HeapAlloc-before.HeapAlloc)/n, "live-B/session")
+	b.ReportMetric(float64(inUse.HeapInuse-before.HeapInuse)/n, "inuse-B/session")
+	b.ReportMetric(float64(rssAfter-rssBefore)/n, "rss-B/session")
+	b.ReportMetric(float64(runtime.NumGoroutine()), "goroutines")
+}
+
+// cpuTime is the process's user and system CPU time so far, in ns.
+func cpuTime(tb testing.TB) int64 {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+func heapStats() runtime.MemStats {
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m
+}
+
+// rss is the process's resident set in bytes.
+func rss(tb testing.TB) int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	pages, _ := strconv.ParseInt(f[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+// rawListener is a listening TCP socket on loopback, and its port.
+func rawListener(tb testing.TB) (fd, port int) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Listen(fd, 1024); err != nil {
+		tb.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return fd, sa.(*unix.SockaddrInet4).Port
+}
+
+// rawTCPPair connects to ln: the accepted end is non-blocking, for the
+// relay; the dialed end is the test's.
+func rawTCPPair(tb testing.TB, ln, port int) (relayEnd, testEnd int) {
+	testEnd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Connect(testEnd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		tb.Fatal(err)
+	}
+	relayEnd, _, err = unix.Accept4(ln, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return relayEnd, testEnd
+}

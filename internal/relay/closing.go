@@ -175,10 +175,10 @@ func (s *Session) maybeFinish() {
 }
 
 // finish closes both sockets and releases everything the session holds.
-// It runs once. A bare descriptor is only shut down here, which wakes a
-// pump reading or waiting to write on it; it is closed once no pump may
-// use it any more (releaseFDs): a descriptor number closed under a pump
-// could be another connection's by the time the pump uses it.
+// It runs once. A bare descriptor is closed once no pump may use it any
+// more (releaseFDs): a descriptor number closed under a pump could be
+// another connection's by the time the pump uses it. A pump still running
+// may be waiting to write: the descriptors are shut down to wake it.
 func (s *Session) finish() {
 	if !s.done.CompareAndSwap(false, true) {
 		return
@@ -192,7 +192,6 @@ func (s *Session) finish() {
 		}
 		switch {
 		case x.bare:
-			_ = unix.Shutdown(x.fd, unix.SHUT_RDWR)
 		case x.sock != nil:
 			// The WebSocket closing handshake is done; a TLS
 			// close_notify could block on a peer that stopped reading.
@@ -202,6 +201,18 @@ func (s *Session) finish() {
 		}
 	}
 	s.regMu.Unlock()
+	// An idle pump stops for good here; a running one when it next looks.
+	s.client.retireIdle()
+	s.backend.retireIdle()
+	if s.fdUsers.Load() > 1 {
+		// finish still holds the descriptors, so they are open.
+		for _, x := range []*side{&s.client, &s.backend} {
+			if x.bare {
+				_ = unix.Shutdown(x.fd, unix.SHUT_RDWR)
+			}
+		}
+	}
+	s.releaseFDs()
 	// Logs and metrics say what the client saw: a Close the relay decided
 	// on but never wrote out (the session was finished hard, or while the
 	// client's stream stood inside a frame) reached nobody, and the client
@@ -210,10 +221,6 @@ func (s *Session) finish() {
 		s.closeCode.Store(wsframe.CloseAbnormal)
 	}
 	s.hooks.Ended()
-	// An idle pump stops for good here; a running one when it next looks.
-	s.client.retireIdle()
-	s.backend.retireIdle()
-	s.releaseFDs()
 }
 
 // closeFD is close(2); tests count the calls.

@@ -1,9 +1,10 @@
 // Package relay moves WebSocket frames between the two connections of a
 // session whose opening handshake is done: a client the proxy accepted
-// and the backend it dialed, each a TCP socket or TLS over a Socket. It
-// knows nothing of HTTP, routes or configuration: it takes two sockets,
-// Options (limits, close timeout, bytes read behind the handshakes, the
-// negotiated RSV rule) and Hooks for rare events.
+// and the backend it dialed, each a TCP connection, TLS over a Socket, or
+// a bare non-blocking TCP descriptor (Endpoint.FD). It knows nothing of
+// HTTP, routes or configuration: it takes two endpoints, Options (limits,
+// close timeout, bytes read behind the handshakes, the negotiated RSV
+// rule) and Hooks for rare events.
 //
 // # The pump model
 //
@@ -26,11 +27,35 @@
 // own. A side that accepts nothing holds back the pump that feeds it, up
 // to Limits.WriteTimeout: that is the relay's back-pressure.
 //
-// A pump is idle, running, or running and asked to look again (wake is
-// the one transition from outside; only the pump itself goes back to
-// idle). A side's place in the closing handshake is one set of flags
-// (closeState) that only grows: Close queued, Close written, Close read,
-// gone, stalled. The session is finished once each side is gone or has
+// # Bare descriptors
+//
+// A side given as a descriptor has no net.Conn: its pump reads it with
+// read(2), its writer writes it with write(2), with neither the runtime's
+// poller nor its fdMutex in between; a socket that takes nothing more
+// makes the writer leave its loop and wait in ppoll(2) (a blocking system
+// call the scheduler knows of) up to Limits.WriteTimeout; abort sets
+// SO_LINGER to 0. Options such as TCP_NODELAY are its maker's (Go's net
+// sets it on every connection; without it, Nagle's algorithm made the
+// relay of 16 KiB frames several times slower here). A descriptor that
+// comes registered on a poller (Endpoint.Reg) is taken over by Start with
+// Registration.Rebind, so its side runs on that poller, whichever the
+// other side's is.
+//
+// A descriptor number is reused by the kernel as soon as it is closed, so
+// the session closes a bare descriptor only when nobody can use it any
+// more: each pump counts itself out when it stops for good (pumpDead,
+// after the session is done), finish once it has retired the idle pumps
+// and, if a pump still runs, shut the descriptors down (shutdown(2), which
+// wakes a pump waiting to write); the last of the three closes both
+// descriptors (releaseFDs), once. The kernel drops their epoll
+// registrations then.
+//
+// A pump is idle, running, running and asked to look again (wake is the
+// one transition from outside; only the pump itself goes back to idle),
+// or dead: stopped for good once the session finished (finish retires an
+// idle pump, a running one retires itself; wake never claims it). A
+// side's place in the closing handshake is one set of flags (closeState)
+// that only grows: Close queued, Close written, Close read, gone, stalled. The session is finished once each side is gone or has
 // had Closes both ways, or when the close timeout expires.
 //
 // # Who owns what
@@ -38,17 +63,25 @@
 // Fields of a side x, and of the Session:
 //
 //	field                          written by                     read by
+//	x.conn, rc, tls, sock, fd,     Init                           everyone
+//	  bare, rebind, writable
 //	x.early, tail, remaining,      x's pump                       x's pump
 //	  msgBytes, msgOpen, drop,
-//	  eof, lim, loop, raw.rbuf
+//	  eof, lim, loop, raw.rbuf       (x.raw: Conn sides only)
 //	x.raw.wbuf, werr, midFrame     x.peer's pump (x's writer)     x.peer's pump; midFrame also x's pump
+//	x's socket (read)              x's pump; shutdown by finish   -
+//	x's socket (write, ppoll)      x.peer's pump; abort by finish -
+//	x's bare descriptor (close)    the last of both pumps and     -
+//	                                 finish (s.fdUsers)
 //	x.ctrl (under ctrl.mu)         timer, any pump (queue);       x.peer's pump
 //	                               x.peer's pump (take)
 //	x.close                        any (flags only ever set)      any
-//	x.state                        wake (anyone), x's pump        anyone
+//	x.state                        wake (anyone), x's pump;       anyone
+//	                                 finish (idle to dead)
 //	x.lastRead, msgs, bytes        x's pump                       timer, Counts
 //	x.lastPing, pingSeq            timer                          x's pump (pong check)
-//	x.reg                          Start, finish (under regMu)    finish
+//	x.reg                          Init, Start, finish            finish
+//	                                 (under regMu from Start on)
 //	s.ctrlTAT, ctrlPonged          the client's pump              the client's pump
 //	s.lastData                     both pumps                     timer
 //	s.closing, closeDeadline       beginClosing (CAS once)        timer

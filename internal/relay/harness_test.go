@@ -261,7 +261,13 @@ func rawPair(tb testing.TB) (fd int, peer *net.TCPConn) {
 		unix.Close(fd)
 		tb.Fatal(err)
 	}
+	// The relay leaves TCP_NODELAY to whoever made the socket; Go's net
+	// sets it on every connection.
 	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		tb.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		unix.Close(fd)
 		tb.Fatal(err)
 	}

@@ -75,7 +75,9 @@ type Hooks interface {
 	PingSent(to Side)
 	// Pong: a side answered the relay's latest ping after rtt.
 	Pong(from Side, rtt time.Duration)
-	// Ended: the session finished, both sockets are closed. It runs once.
+	// Ended: the session finished, both sockets are closed (a bare
+	// descriptor a pump still uses is shut down, and closed when the pump
+	// stops). It runs once.
 	Ended()
 }
 

@@ -80,7 +80,7 @@ type side struct {
 	lastRead atomic.Int64 // monotonic ns of the last bytes read
 	lastPing atomic.Int64 // monotonic ns of the last ping the relay sent
 
-	raw rawCalls
+	raw *rawCalls // a Conn side's RawConn calls; nil for a bare one
 
 	// counters for logs and metrics; written by the side's own pump
 	msgs  atomic.Int64 // data messages received from this side

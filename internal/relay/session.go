@@ -212,6 +212,7 @@ func (x *side) bind(ep Endpoint) error {
 		return err
 	}
 	x.rc = rc
+	x.raw = new(rawCalls)
 	x.raw.bind()
 	return rc.Control(func(fd uintptr) { x.fd = int(fd) })
 }
@@ -275,8 +276,8 @@ func (s *Session) Close(clientCode, backendCode int, reason string) {
 }
 
 // Finish ends the session at once: both sockets are closed (a bare
-// descriptor is shut down at once and closed as soon as no pump uses it),
-// and Ended runs unless it ran already.
+// descriptor a pump still uses is shut down, and closed when the pump
+// stops), and Ended runs unless it ran already.
 func (s *Session) Finish() { s.finish() }
 
 // Done reports whether the session has finished.
