@@ -246,38 +246,55 @@ func TestInitEndpointsErrorClosesFD(t *testing.T) {
 	}
 }
 
-// A registration removed before Start cannot be taken over: Start fails,
-// and Finish then closes the descriptors.
-func TestStartRemovedRegistration(t *testing.T) {
+// Start without a poller for a side that needs one fails, and so does
+// Start with a registration removed before it could be taken over; Finish
+// then closes the descriptors and leaves no registration behind.
+func TestStartFails(t *testing.T) {
 	closes := countCloses(t)
 	p, err := poller.New()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	cfd, cpeer := rawPair(t)
-	defer cpeer.Close()
-	bfd, bpeer := rawPair(t)
-	defer bpeer.Close()
-	creg, err := p.Add(cfd, ignore{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := newRecorder()
-	s := new(Session)
-	if err := s.InitEndpoints(Endpoint{FD: cfd, Reg: creg}, Endpoint{FD: bfd}, &Options{Limits: plain(), Hooks: rec}); err != nil {
-		t.Fatal(err)
-	}
-	creg.Remove()
-	if err := s.Start(p); err != errRegRemoved {
-		t.Fatalf("Start: %v, want %v", err, errRegRemoved)
-	}
-	s.Finish()
-	<-rec.ended
-	if closes.count(cfd) != 1 || closes.count(bfd) != 1 || fdOpen(cfd) || fdOpen(bfd) {
-		t.Fatalf("closes %v", closes.n)
-	}
-	if p.Len() != 0 {
-		t.Fatalf("%d registrations left", p.Len())
+	for _, tc := range []struct {
+		name   string
+		remove bool           // the client's registration before Start
+		start  *poller.Poller // for the backend, which has none
+		err    error
+	}{
+		{"no poller", false, nil, errNoPoller},
+		{"registration removed", true, p, errRegRemoved},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfd, cpeer := rawPair(t)
+			defer cpeer.Close()
+			bfd, bpeer := rawPair(t)
+			defer bpeer.Close()
+			creg, err := p.Add(cfd, ignore{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Descriptor numbers come back from one subtest to the next.
+			c0, b0 := closes.count(cfd), closes.count(bfd)
+			rec := newRecorder()
+			s := new(Session)
+			if err := s.InitEndpoints(Endpoint{FD: cfd, Reg: creg}, Endpoint{FD: bfd}, &Options{Limits: plain(), Hooks: rec}); err != nil {
+				t.Fatal(err)
+			}
+			if tc.remove {
+				creg.Remove()
+			}
+			if err := s.Start(tc.start); err != tc.err {
+				t.Fatalf("Start: %v, want %v", err, tc.err)
+			}
+			s.Finish()
+			<-rec.ended
+			if closes.count(cfd)-c0 != 1 || closes.count(bfd)-b0 != 1 || fdOpen(cfd) || fdOpen(bfd) {
+				t.Fatalf("closed %d and %d times", closes.count(cfd)-c0, closes.count(bfd)-b0)
+			}
+			if p.Len() != 0 {
+				t.Fatalf("%d registrations left", p.Len())
+			}
+		})
 	}
 }

@@ -107,7 +107,8 @@ type Endpoint struct {
 	// Reg, if set, is FD's registration on a poller (poller.AddFlags,
 	// Registration.Poller): Start rebinds it to the relay (Registration.Rebind,
 	// no epoll_ctl) instead of adding FD again; Modify it to drop Writable if set.
-	// Until Start, its old handler must ignore the events it still gets.
+	// Until Start, and for the batch of events Start runs in, its old
+	// handler must ignore the events it still gets.
 	Reg poller.Registration
 	// Writable says Reg was added with poller.Writable, which Start then
 	// drops (Registration.Modify, one epoll_ctl): the relay waits for room
@@ -125,6 +126,9 @@ func connEndpoint(c net.Conn) Endpoint {
 
 // errRegNeedsFD is InitEndpoints' answer to a registration beside a Conn.
 var errRegNeedsFD = errors.New("relay: an endpoint's Reg needs an FD, not a Conn")
+
+// errNoPoller is Start's answer to a nil poller with a side to add to it.
+var errNoPoller = errors.New("relay: Start needs a poller for an endpoint without a registration")
 
 // errRegRemoved is Start's answer to an endpoint whose registration was
 // removed before the session could take it over.
@@ -239,6 +243,8 @@ func (s *Session) Start(p *poller.Poller) error {
 		x.lastPing.Store(now)
 		var err error
 		switch {
+		case !x.rebind && p == nil:
+			err = errNoPoller
 		case !x.rebind:
 			x.reg, err = p.Add(x.fd, x)
 		case !x.reg.Rebind(x):
