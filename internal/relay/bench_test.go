@@ -86,11 +86,12 @@ func TestRelayAllocatesNothingPerControlFrame(t *testing.T) {
 	}
 }
 
-func benchmarkRelay(b *testing.B, size int) {
+// benchmarkRelay relays batches of frames of size bytes from the client
+// to the backend, over Conn and over bare sides.
+func benchmarkRelay(b *testing.B, frames, size int) {
 	for _, sd := range []sides{connSides, fdSides} {
 		b.Run(sd.String(), func(b *testing.B) {
 			r := newRig(b, &Limits{MaxMessageBytes: 1 << 20}, rigOpts{sides: sd})
-			const frames = 64
 			batch := opBatch(r, frames, wsframe.OpBinary, size)
 			rl := newRelayer(b, r, len(batch))
 			b.SetBytes(int64(len(batch)))
@@ -108,8 +109,12 @@ func benchmarkRelay(b *testing.B, size int) {
 	}
 }
 
-func BenchmarkRelay128B(b *testing.B)  { benchmarkRelay(b, 128) }
-func BenchmarkRelay16KiB(b *testing.B) { benchmarkRelay(b, 16<<10) }
+func BenchmarkRelay128B(b *testing.B)  { benchmarkRelay(b, 64, 128) }
+func BenchmarkRelay16KiB(b *testing.B) { benchmarkRelay(b, 64, 16<<10) }
+
+// BenchmarkRelayMessage128B relays one frame at a time: a read and a
+// write on the relay's side per frame, as for interactive traffic.
+func BenchmarkRelayMessage128B(b *testing.B) { benchmarkRelay(b, 1, 128) }
 
 // idleSessions is how many sessions BenchmarkIdleSessionMemory opens: four
 // descriptors each, under this machine's open-files cap of 20,000.
