@@ -64,7 +64,7 @@
 //
 //	field                          written by                     read by
 //	x.conn, rc, tls, sock, fd,     Init                           everyone
-//	  bare, rebind, writable
+//	  bare, rebind, writable, look
 //	x.early, tail, remaining,      x's pump                       x's pump
 //	  msgBytes, msgOpen, drop,
 //	  eof, lim, loop, raw.rbuf       (x.raw: Conn sides only)

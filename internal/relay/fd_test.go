@@ -23,6 +23,7 @@ var rigTests = []struct {
 	{"BothWays", TestRelayBothWays},
 	{"SplitAtEveryOffset", TestRelaySplitAtEveryOffset},
 	{"EarlyBytesFirst", TestRelayEarlyBytesFirst},
+	{"DataBeforeStart", TestRelayDataBeforeStart},
 	{"ClosePaths", TestRelayClosePaths},
 	{"IdleSessionHoldsNoGoroutine", TestRelayIdleSessionHoldsNoGoroutine},
 	{"Deadline", TestRelayDeadline},

@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -105,6 +106,8 @@ type rig struct {
 	// fds are the relay's bare descriptors, client's then backend's (-1
 	// for a Conn side).
 	fds [2]int
+	// old are the handlers of the registrations the sides came with.
+	old [2]*oldHandler
 }
 
 // peer is the test's end of one side.
@@ -143,12 +146,21 @@ type rigOpts struct {
 	sides               sides
 	// hooks, if set, wraps the recorder the session reports to.
 	hooks func(*recorder) Hooks
+	// beforeInit, if set, runs once the peers are connected, before the
+	// session is set up.
+	beforeInit func(r *rig, client, backend Endpoint)
 }
 
 // ignore is a handler for a registration the relay takes over at Start.
 type ignore struct{}
 
 func (ignore) Ready(*poller.Loop) {}
+
+// oldHandler is the handler of a registration before the relay takes it
+// over: it ignores events and counts them.
+type oldHandler struct{ calls atomic.Int32 }
+
+func (h *oldHandler) Ready(*poller.Loop) { h.calls.Add(1) }
 
 // newRig starts a session relaying with limits. The goroutine-leak check
 // runs when the test ends: after the session has finished, the relay must
@@ -199,7 +211,8 @@ func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
 				if ep.Writable {
 					f = poller.Writable
 				}
-				if ep.Reg, err = pi.AddFlags(ep.FD, f, ignore{}); err != nil {
+				r.old[i] = new(oldHandler)
+				if ep.Reg, err = pi.AddFlags(ep.FD, f, r.old[i]); err != nil {
 					tb.Fatal(err)
 				}
 			}
@@ -213,6 +226,9 @@ func newRig(tb testing.TB, limits *Limits, o rigOpts) *rig {
 	r.backend = &peer{t: tb, conn: backend, tcp: btcp, br: bufio.NewReader(backend)}
 	if limits.CloseTimeout == 0 {
 		limits.CloseTimeout = 2 * time.Second
+	}
+	if o.beforeInit != nil {
+		o.beforeInit(r, cep, bep)
 	}
 	var hooks Hooks = r.hooks
 	if o.hooks != nil {

@@ -53,6 +53,9 @@ type side struct {
 	// rebind: reg came with the endpoint, and Start takes it over;
 	// writable: it reports room to write, which Start turns off.
 	rebind, writable bool
+	// look: Start must schedule a look at x, which no event would report
+	// (Init decides, before any pump runs).
+	look bool
 
 	state atomic.Int32 // pump state
 	kind  Side

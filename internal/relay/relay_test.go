@@ -2,14 +2,17 @@ package relay
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"io"
+	"net"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"golang.org/x/sys/unix"
 )
 
 // waitFor polls cond until it holds, failing after 10 s: it waits for a
@@ -93,6 +96,48 @@ func TestRelayEarlyBytesFirst(t *testing.T) {
 	r.backend.expect(wsframe.OpText, "early")
 	r.backend.expect(wsframe.OpText, "later")
 	r.client.expect(wsframe.OpText, "early too")
+}
+
+// Data already waiting in the relay's sockets when the session starts is
+// relayed: no event may report it (a registration's old handler took its
+// edge), so Start looks.
+func TestRelayDataBeforeStart(t *testing.T) {
+	r := newRig(t, plain(), rigOpts{beforeInit: func(r *rig, client, backend Endpoint) {
+		r.client.send(r.client.frame(true, wsframe.OpText, []byte("from the client")))
+		r.backend.send(r.backend.frame(true, wsframe.OpText, []byte("from the backend")))
+		for _, ep := range []Endpoint{client, backend} {
+			fd := endpointFD(t, ep)
+			waitFor(t, "the bytes in the relay's socket", func() bool {
+				n, err := unix.IoctlGetInt(fd, unix.SIOCINQ)
+				return err == nil && n > 0
+			})
+		}
+		// A client registration asks for nothing but reads: its old
+		// handler hears of the data, and no event will tell again.
+		if h := r.old[Client]; h != nil {
+			waitFor(t, "the old handler to hear of the data", func() bool { return h.calls.Load() > 0 })
+		}
+	}})
+	r.backend.expect(wsframe.OpText, "from the client")
+	r.client.expect(wsframe.OpText, "from the backend")
+}
+
+// endpointFD is the socket under ep.
+func endpointFD(tb testing.TB, ep Endpoint) int {
+	c := ep.Conn
+	if c == nil {
+		return ep.FD
+	}
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn().(*Socket).TCPConn
+	}
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fd := -1
+	_ = rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
 }
 
 // Every way a session closes: who closed first and the code are recorded,

@@ -190,6 +190,7 @@ func (x *side) bind(ep Endpoint) error {
 		if ep.Reg.Poller() != nil {
 			x.reg, x.rebind, x.writable = ep.Reg, true, ep.Writable
 		}
+		x.look = len(x.early) > 0 || x.rebind && !x.writable
 		return nil
 	}
 	if ep.Reg.Poller() != nil {
@@ -218,6 +219,7 @@ func (x *side) bind(ep Endpoint) error {
 	x.rc = rc
 	x.raw = new(rawCalls)
 	x.raw.bind()
+	x.look = len(x.early) > 0 || x.tls != nil
 	return rc.Control(func(fd uintptr) { x.fd = int(fd) })
 }
 
@@ -263,10 +265,16 @@ func (s *Session) Start(p *poller.Poller) error {
 	}
 	s.regMu.Unlock()
 	s.timer.Reset(s.nextTick(now))
-	// Data may have arrived before the sockets were watched, and bytes
-	// that came with the handshakes wait in early.
-	s.client.schedule()
-	s.backend.schedule()
+	// Data that arrived before a socket was added (or its registration
+	// modified) is reported by the kernel at once, and the pump then runs
+	// on the poller's loop. A side needs a look of its own for what no
+	// event will report: bytes read with its handshake, records crypto/tls
+	// read ahead, or data whose edge went to a registration's old handler.
+	for _, x := range []*side{&s.client, &s.backend} {
+		if x.look {
+			x.schedule()
+		}
+	}
 	return nil
 }
 
