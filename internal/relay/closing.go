@@ -205,10 +205,15 @@ func (s *Session) finish() {
 	s.client.retireIdle()
 	s.backend.retireIdle()
 	if s.fdUsers.Load() > 1 {
-		// finish still holds the descriptors, so they are open.
+		// finish still holds the descriptors, so they are open. A writer
+		// parked for room hears of it no more from the poller: it is
+		// woken after the shutdown, so that its next write fails.
 		for _, x := range []*side{&s.client, &s.backend} {
 			if x.bare {
 				_ = unix.Shutdown(x.fd, unix.SHUT_RDWR)
+				if x.wwait.Load() {
+					x.roomReady()
+				}
 			}
 		}
 	}

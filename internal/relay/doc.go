@@ -32,23 +32,27 @@
 // A side given as a descriptor has no net.Conn: its pump reads it with
 // read(2), its writer writes it with write(2), with neither the runtime's
 // poller nor its fdMutex in between; a socket that takes nothing more
-// makes the writer leave its loop and wait in ppoll(2) (a blocking system
-// call the scheduler knows of) up to Limits.WriteTimeout; abort sets
-// SO_LINGER to 0. Options such as TCP_NODELAY are its maker's (Go's net
-// sets it on every connection; without it, Nagle's algorithm made the
-// relay of 16 KiB frames several times slower here). A descriptor that
-// comes registered on a poller (Endpoint.Reg) is taken over by Start with
-// Registration.Rebind, so its side runs on that poller, whichever the
-// other side's is.
+// makes the writer leave its loop and park, up to Limits.WriteTimeout,
+// until the side's own poller reports room (its registration is modified
+// to report it at the first full socket, and keeps it). A parked writer
+// holds a goroutine and no thread: writers waiting in poll(2) each held a
+// thread (69 threads for 64 stalled peers, where Go allows 10,000 in all).
+// Only a write before Start, when the side is not watched yet, waits in
+// ppoll(2). abort sets SO_LINGER to 0. Options such as TCP_NODELAY are
+// its maker's (Go's net sets it on every connection; without it, Nagle's
+// algorithm made the relay of 16 KiB frames several times slower here). A
+// descriptor that comes registered on a poller (Endpoint.Reg) is taken
+// over by Start with Registration.Rebind, so its side runs on that
+// poller, whichever the other side's is.
 //
 // A descriptor number is reused by the kernel as soon as it is closed, so
 // the session closes a bare descriptor only when nobody can use it any
 // more: each pump counts itself out when it stops for good (pumpDead,
 // after the session is done), finish once it has retired the idle pumps
-// and, if a pump still runs, shut the descriptors down (shutdown(2), which
-// wakes a pump waiting to write); the last of the three closes both
-// descriptors (releaseFDs), once. The kernel drops their epoll
-// registrations then.
+// and, if a pump still runs, shut the descriptors down (shutdown(2)) and
+// woken a writer parked for room, whose next write fails; the last of the
+// three closes both descriptors (releaseFDs), once. The kernel drops
+// their epoll registrations then.
 //
 // A pump is idle, running, running and asked to look again (wake is the
 // one transition from outside; only the pump itself goes back to idle),
@@ -71,6 +75,10 @@
 //	x.raw.wbuf, werr, midFrame     x.peer's pump (x's writer)     x.peer's pump; midFrame also x's pump
 //	x's socket (read)              x's pump; shutdown by finish   -
 //	x's socket (write, ppoll)      x.peer's pump; abort by finish -
+//	x.wready, wtimer, wmod         x.peer's pump (x's writer)     x.peer's pump; wready also x's
+//	                                                              Ready and finish, once wwait
+//	x.wwait                        x.peer's pump                  x's Ready, finish
+//	x.watched                      Start                          x.peer's pump
 //	x's bare descriptor (close)    the last of both pumps and     -
 //	                                 finish (s.fdUsers)
 //	x.ctrl (under ctrl.mu)         timer, any pump (queue);       x.peer's pump

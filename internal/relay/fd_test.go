@@ -2,8 +2,11 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -172,7 +175,7 @@ func TestRelayFinishWakesBlockedWriter(t *testing.T) {
 					}
 				}
 			}()
-			blocked := "relay.waitWritable"
+			blocked := "relay.(*side).waitRoom"
 			if sd == connSides {
 				blocked = "internal/poll.(*pollDesc).waitWrite"
 			}
@@ -297,5 +300,77 @@ func TestStartFails(t *testing.T) {
 				t.Fatalf("%d registrations left", p.Len())
 			}
 		})
+	}
+}
+
+// osThreads is how many threads the process has.
+func osThreads(tb testing.TB) int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Threads:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	tb.Fatal("no thread count")
+	return 0
+}
+
+// A writer waiting for room in a bare side parks its goroutine on the
+// side's poller and holds no thread: many peers that stopped reading
+// cost no more threads than a few.
+func TestRelayStalledWritersHoldNoThread(t *testing.T) {
+	checkGoroutines(t)
+	p, err := poller.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	const n = 64
+	msg := (&peer{}).frame(true, wsframe.OpBinary, make([]byte, 1<<20))
+	var ended []chan struct{}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var sessions []*Session
+	for i := 0; i < n; i++ {
+		cfd, client := rawPair(t)
+		bfd, backend := rawPair(t)
+		conns = append(conns, client, backend)
+		_ = client.SetReadBuffer(4 << 10)
+		rec := newRecorder()
+		s := new(Session)
+		if err := s.InitEndpoints(Endpoint{FD: cfd}, Endpoint{FD: bfd}, &Options{Limits: &Limits{MaxMessageBytes: 4 << 20, WriteTimeout: time.Minute}, Hooks: rec}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Start(p); err != nil {
+			t.Fatal(err)
+		}
+		sessions, ended = append(sessions, s), append(ended, rec.ended)
+		go func() {
+			// Until the relay stops taking more, and the end.
+			for {
+				if _, err := backend.Write(msg); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	buf := make([]byte, 4<<20)
+	waitFor(t, fmt.Sprintf("%d writers waiting for room", n), func() bool {
+		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "relay.(*side).waitRoom") == n
+	})
+	if th := osThreads(t); th >= n/2 {
+		t.Fatalf("%d threads with %d writers waiting", th, n)
+	}
+	for i, s := range sessions {
+		s.Finish()
+		<-ended[i]
 	}
 }

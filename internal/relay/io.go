@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/wsproxy/wsproxy/internal/poller"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,7 +117,7 @@ func (x *side) write(b []byte) error {
 
 // writeBare is write for a bare descriptor: write(2) until b is out; when
 // the socket is full, the writing pump (x's peer's) leaves its loop and
-// waits for room in poll(2), up to the write timeout for the rest of b.
+// waits for room (waitRoom), up to the write timeout for the rest of b.
 func (x *side) writeBare(b []byte) error {
 	var deadline int64 // monotonic ns; set at the first full socket
 	for len(b) > 0 {
@@ -130,6 +131,7 @@ func (x *side) writeBare(b []byte) error {
 			continue
 		case unix.EAGAIN:
 		default:
+			x.wwait.Store(false)
 			return err
 		}
 		if deadline == 0 {
@@ -139,17 +141,77 @@ func (x *side) writeBare(b []byte) error {
 				deadline = monoNow() + int64(wt)
 			}
 		}
-		if err := waitWritable(x.fd, deadline); err != nil {
+		if err := x.waitRoom(deadline); err != nil {
+			x.wwait.Store(false)
 			return err
 		}
 	}
+	x.wwait.Store(false)
 	return nil
+}
+
+// waitRoom waits until x's socket may take more bytes, or the deadline
+// passes (monotonic ns; -1 for none). Once x is watched, the writer parks
+// its goroutine until x's poller reports room (or an error, or finish
+// wakes it), holding no thread: a thousand peers that stopped reading cost
+// a thousand parked goroutines, not a thousand threads in a system call.
+// The first wait arms it: wwait is set, the registration modified to
+// report room (which it then keeps: it reports room only after the socket
+// was full), and the write tried again, since room that came before wwait
+// was set went unheard. Before Start, it waits in ppoll(2).
+func (x *side) waitRoom(deadline int64) error {
+	if !x.watched.Load() {
+		return waitWritable(x.fd, deadline)
+	}
+	if !x.wwait.Load() {
+		if x.wready == nil {
+			x.wready = make(chan struct{}, 1)
+		}
+		x.wwait.Store(true) // publishes wready to Ready and finish
+		if !x.wmod {
+			if err := x.reg.Modify(poller.Writable); err != nil {
+				x.wwait.Store(false)
+				return waitWritable(x.fd, deadline)
+			}
+			x.wmod = true
+		}
+		return nil // try again
+	}
+	var expired <-chan time.Time
+	if deadline >= 0 {
+		left := deadline - monoNow()
+		if left <= 0 {
+			return os.ErrDeadlineExceeded
+		}
+		if x.wtimer == nil {
+			x.wtimer = time.NewTimer(time.Duration(left))
+		} else {
+			x.wtimer.Reset(time.Duration(left))
+		}
+		expired = x.wtimer.C
+		defer x.wtimer.Stop()
+	}
+	select {
+	case <-x.wready:
+		return nil
+	case <-expired:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+// roomReady wakes the writer waiting for room in x, if any.
+func (x *side) roomReady() {
+	select {
+	case x.wready <- struct{}{}:
+	default:
+	}
 }
 
 // waitWritable blocks until fd can take more bytes, has failed or hung up
 // (the next write says which), or the deadline passes (monotonic ns; -1
 // for none: finish's shutdown(2) wakes it). It goes through syscall.Syscall6
-// so the scheduler hands the thread's P to other goroutines meanwhile.
+// so the scheduler can hand the thread's P to other goroutines meanwhile;
+// the thread stays blocked. Only a write before Start waits so.
 func waitWritable(fd int, deadline int64) error {
 	for {
 		pfd := unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/wsproxy/wsproxy/internal/poller"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
@@ -56,6 +57,17 @@ type side struct {
 	// look: Start must schedule a look at x, which no event would report
 	// (Init decides, before any pump runs).
 	look bool
+	// watched: Start has registered x (or taken its registration over);
+	// x.reg may be used from then on.
+	watched atomic.Bool
+
+	// A writer waiting for room in bare x (x.peer's pump) parks on wready,
+	// which x's Ready signals while wwait is set; wtimer bounds the wait,
+	// and wmod says x.reg reports room to write (see waitRoom).
+	wwait  atomic.Bool
+	wready chan struct{}
+	wtimer *time.Timer
+	wmod   bool
 
 	state atomic.Int32 // pump state
 	kind  Side
@@ -113,6 +125,9 @@ func (x *side) wake() bool {
 // Ready implements poller.Handler: x's socket has data, or hung up. The
 // pump runs on the poller's loop.
 func (x *side) Ready(l *poller.Loop) {
+	if x.wwait.Load() {
+		x.roomReady()
+	}
 	if x.wake() {
 		x.loop = l
 		x.pump()

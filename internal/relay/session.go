@@ -254,6 +254,9 @@ func (s *Session) Start(p *poller.Poller) error {
 		case x.writable:
 			err = x.reg.Modify(0)
 		}
+		if err == nil {
+			x.watched.Store(true)
+		}
 		if err != nil {
 			// Nothing more may reach the session; finish removes the
 			// registrations again, which does nothing the second time.
