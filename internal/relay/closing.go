@@ -228,8 +228,15 @@ func (s *Session) finish() {
 	s.hooks.Ended()
 }
 
-// closeFD is close(2); tests count the calls.
-var closeFD = unix.Close
+// closeFn holds close(2), as a func(int) error; tests count the calls
+// through it. It is atomic because a test swaps it while pumps of an
+// earlier test may still be on their way out.
+var closeFn atomic.Value
+
+func init() { closeFn.Store(unix.Close) }
+
+// closeFD closes a bare descriptor.
+func closeFD(fd int) error { return closeFn.Load().(func(int) error)(fd) }
 
 // releaseFDs is called once by each pump when it stops for good and once
 // by finish: the last of the three closes the bare descriptors. The kernel

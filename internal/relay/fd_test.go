@@ -75,8 +75,8 @@ type closeCounter struct {
 // newRig, so that it is uninstalled after the rig's goroutines are gone.
 func countCloses(t *testing.T) *closeCounter {
 	c := &closeCounter{t: t, n: map[int]int{}}
-	orig := closeFD
-	closeFD = func(fd int) error {
+	orig := closeFn.Load().(func(int) error)
+	closeFn.Store(func(fd int) error {
 		c.mu.Lock()
 		c.n[fd]++
 		if s := c.s; s != nil && (!s.done.Load() || s.client.state.Load() != pumpDead || s.backend.state.Load() != pumpDead) {
@@ -84,8 +84,8 @@ func countCloses(t *testing.T) *closeCounter {
 		}
 		c.mu.Unlock()
 		return orig(fd)
-	}
-	t.Cleanup(func() { closeFD = orig })
+	})
+	t.Cleanup(func() { closeFn.Store(orig) })
 	return c
 }
 
