@@ -2,11 +2,16 @@
 // WebSocket session waiting for data holds neither a goroutine nor a buffer.
 //
 // A Poller owns one epoll instance in edge-triggered mode and one goroutine
-// at a time that waits on it: its event loop. Sockets stay owned by the Go
-// runtime (their net.Conn keeps working as usual, including blocking writes
+// at a time that waits on it: its event loop. Sockets stay owned by their
+// users (a net.Conn keeps working as usual, including blocking writes
 // through the runtime's poller); this package only watches their file
 // descriptors. On readiness it calls the registered Handler's Ready method
 // on the loop goroutine.
+//
+// How the loop waits is the Poller's Config: Parked on the Go runtime's
+// poller (the default), or Locked to an OS thread blocking in epoll_wait,
+// which saves a wake-up per batch of events but wants GOMAXPROCS above
+// the number of such loops (see Locked).
 //
 // Ready may do its work right there, as an event loop does: that saves a
 // goroutine start and a scheduler hand-off per event, which is most of what
@@ -41,30 +46,6 @@ type Handler interface {
 	Ready(l *Loop)
 }
 
-// Loop is the goroutine dispatching a poller's events.
-type Loop struct {
-	p        *Poller
-	events   []unix.EpollEvent
-	ready    []Handler
-	next     int // ready[next:] are still to be dispatched
-	detached bool
-}
-
-// Detach gives the loop to a new goroutine, which dispatches the rest of
-// the batch and goes on waiting for events, while the calling goroutine,
-// once its handler returns, ends. The handler may then block as long as it
-// needs. Detach must be called from the handler, on the loop goroutine;
-// calling it again does nothing.
-func (l *Loop) Detach() {
-	if l.detached {
-		return
-	}
-	l.detached = true
-	l.p.detaches.Add(1)
-	nl := &Loop{p: l.p, events: l.events, ready: l.ready, next: l.next}
-	go l.p.run(nl)
-}
-
 // ErrClosed is returned by Add after Close.
 var ErrClosed = errors.New("poller: closed")
 
@@ -82,9 +63,15 @@ type slot struct {
 
 // Poller watches descriptors with one epoll instance.
 type Poller struct {
+	cfg  Config
 	epfd int
-	file *os.File // epfd, registered with the Go runtime's poller
+	// Parked loops: the epoll descriptor, registered with the Go
+	// runtime's poller.
+	file *os.File
 	rc   syscall.RawConn
+	// Locked loops: an eventfd in the epoll set, written by Close to wake
+	// a loop blocked in epoll_wait (closing the epoll descriptor does not).
+	wakefd int
 
 	mu       sync.RWMutex
 	slots    []slot
@@ -94,30 +81,47 @@ type Poller struct {
 	detaches atomic.Int64
 }
 
-// New creates a poller and starts its goroutine.
-//
-// The epoll descriptor is itself watched by the Go runtime's poller, so
-// the poller goroutine parks like any goroutine waiting on a socket rather
-// than blocking a thread in epoll_wait: a blocked thread would keep its
-// scheduler slot, and goroutines the poller starts could wait for the
-// runtime's monitor to take that slot back.
-func New() (*Poller, error) {
+// New creates a poller with the default Config and starts its loop.
+func New() (*Poller, error) { return NewWith(Config{}) }
+
+// NewWith creates a poller whose loop waits as cfg says, and starts it.
+func NewWith(cfg Config) (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("poller: epoll_create1: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
+	p := &Poller{cfg: cfg, epfd: epfd, wakefd: -1, done: make(chan struct{})}
+	l := &Loop{p: p, events: make([]unix.EpollEvent, 256), ready: make([]Handler, 0, 256)}
+	switch cfg.Wait {
+	case Parked:
+		if err := unix.SetNonblock(epfd, true); err != nil {
+			unix.Close(epfd)
+			return nil, fmt.Errorf("poller: set nonblock: %w", err)
+		}
+		p.file = os.NewFile(uintptr(epfd), "epoll")
+		if p.rc, err = p.file.SyscallConn(); err != nil {
+			p.file.Close()
+			return nil, fmt.Errorf("poller: %w", err)
+		}
+	case Locked:
+		if p.wakefd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+			unix.Close(epfd)
+			return nil, fmt.Errorf("poller: eventfd: %w", err)
+		}
+		// Level-triggered: whichever goroutine holds the loop when Close
+		// writes, or later, sees it.
+		ev := unix.EpollEvent{Events: unix.EPOLLIN}
+		putToken(&ev, wakeToken)
+		if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, p.wakefd, &ev); err != nil {
+			unix.Close(p.wakefd)
+			unix.Close(epfd)
+			return nil, fmt.Errorf("poller: epoll_ctl add eventfd: %w", err)
+		}
+	default:
 		unix.Close(epfd)
-		return nil, fmt.Errorf("poller: set nonblock: %w", err)
+		return nil, fmt.Errorf("poller: unknown wait mode %d", cfg.Wait)
 	}
-	f := os.NewFile(uintptr(epfd), "epoll")
-	rc, err := f.SyscallConn()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("poller: %w", err)
-	}
-	p := &Poller{epfd: epfd, file: f, rc: rc, done: make(chan struct{})}
-	go p.run(&Loop{p: p, events: make([]unix.EpollEvent, 256), ready: make([]Handler, 0, 256)})
+	go p.run(l)
 	return p, nil
 }
 
@@ -256,14 +260,27 @@ func (p *Poller) Len() int {
 	return len(p.slots) - len(p.free)
 }
 
-// Close stops the poller goroutine and releases the epoll instance. Watched
-// descriptors are not closed.
+// Close stops the poller's loop and releases the epoll instance. Watched
+// descriptors are not closed. A handler that detached may still be
+// running: Close does not wait for it.
 func (p *Poller) Close() error {
 	if !p.closed.CompareAndSwap(false, true) {
 		return nil
 	}
-	err := p.file.Close() // wakes the parked poller goroutine
+	if p.cfg.Wait == Parked {
+		err := p.file.Close() // wakes the parked loop goroutine
+		<-p.done
+		return err
+	}
+	var one = [8]byte{1}
+	if _, err := unix.Write(p.wakefd, one[:]); err != nil {
+		return fmt.Errorf("poller: wake: %w", err)
+	}
 	<-p.done
+	err := unix.Close(p.epfd)
+	if cerr := unix.Close(p.wakefd); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -271,63 +288,27 @@ func (p *Poller) Close() error {
 // blocking.
 func (p *Poller) Detaches() int64 { return p.detaches.Load() }
 
-// run is the loop goroutine: it dispatches what is left of l's batch, then
-// takes events without blocking, hands each to its handler, and parks on
-// the runtime's poller when there are none. It returns when the poller
-// closes or a handler detached it.
-func (p *Poller) run(l *Loop) {
-	for {
-		for l.next < len(l.ready) {
-			h := l.ready[l.next]
-			l.ready[l.next] = nil
-			l.next++
-			h.Ready(l)
-			if l.detached {
-				return // l's slices belong to the new loop now
-			}
-		}
-		var n int
-		var werr error
-		err := p.rc.Read(func(fd uintptr) bool {
-			for {
-				n, werr = unix.EpollWait(int(fd), l.events, 0)
-				if werr != unix.EINTR {
-					break
-				}
-			}
-			return n > 0 || werr != nil
-		})
-		if err != nil || werr != nil || p.closed.Load() {
-			close(p.done)
-			return
-		}
-		l.ready, l.next = l.ready[:0], 0
-		p.mu.RLock()
-		for i := 0; i < n; i++ {
-			token := getToken(&l.events[i])
-			idx, gen := uint32(token), uint32(token>>32)
-			if int(idx) < len(p.slots) && p.slots[idx].gen == gen && p.slots[idx].h != nil {
-				l.ready = append(l.ready, p.slots[idx].h)
-			}
-		}
-		p.mu.RUnlock()
-	}
-}
-
 // Group spreads registrations over several pollers.
 type Group struct {
 	pollers []*Poller
 	next    atomic.Uint32
 }
 
-// NewGroup starts n pollers; n <= 0 means one per CPU the Go scheduler uses.
-func NewGroup(n int) (*Group, error) {
+// NewGroup starts n pollers with the default Config; n <= 0 means one per
+// CPU (see NewGroupWith).
+func NewGroup(n int) (*Group, error) { return NewGroupWith(n, Config{}) }
+
+// NewGroupWith starts n pollers configured by cfg; n <= 0 means one per
+// CPU the process may use: GOMAXPROCS, or the number of CPUs if that is
+// lower, since GOMAXPROCS may have been raised above it to leave the Go
+// scheduler room beside Locked loops.
+func NewGroupWith(n int, cfg Config) (*Group, error) {
 	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
+		n = min(runtime.GOMAXPROCS(0), runtime.NumCPU())
 	}
 	g := &Group{}
 	for i := 0; i < n; i++ {
-		p, err := New()
+		p, err := NewWith(cfg)
 		if err != nil {
 			g.Close()
 			return nil, err

@@ -10,6 +10,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// forEachWait runs test once per way a loop can wait.
+func forEachWait(t *testing.T, test func(*testing.T, Config)) {
+	for _, cfg := range []Config{{Wait: Parked}, {Wait: Locked}, {Wait: Locked, Spin: 50 * time.Microsecond}} {
+		name := cfg.Wait.String()
+		if cfg.Spin > 0 {
+			name += "-spin"
+		}
+		t.Run(name, func(t *testing.T) { test(t, cfg) })
+	}
+}
+
 type chanHandler chan struct{}
 
 func (c chanHandler) Ready(*Loop) {
@@ -64,8 +75,10 @@ func wait(t *testing.T, c chanHandler, want bool) {
 	}
 }
 
-func TestReadinessEdgeTriggered(t *testing.T) {
-	p, err := New()
+func TestReadinessEdgeTriggered(t *testing.T) { forEachWait(t, testReadinessEdgeTriggered) }
+
+func testReadinessEdgeTriggered(t *testing.T, cfg Config) {
+	p, err := NewWith(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,8 +112,10 @@ func TestReadinessEdgeTriggered(t *testing.T) {
 	}
 }
 
-func TestRemovedRegistrationIsSilent(t *testing.T) {
-	p, err := New()
+func TestRemovedRegistrationIsSilent(t *testing.T) { forEachWait(t, testRemovedRegistrationIsSilent) }
+
+func testRemovedRegistrationIsSilent(t *testing.T, cfg Config) {
+	p, err := NewWith(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,9 +145,11 @@ func TestRemovedRegistrationIsSilent(t *testing.T) {
 	wait(t, h, false)
 }
 
-func TestCloseStopsGoroutine(t *testing.T) {
+func TestCloseStopsGoroutine(t *testing.T) { forEachWait(t, testCloseStopsGoroutine) }
+
+func testCloseStopsGoroutine(t *testing.T, cfg Config) {
 	before := runtime.NumGoroutine()
-	g, err := NewGroup(3)
+	g, err := NewGroupWith(3, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,8 +184,10 @@ func (h *blockingHandler) Ready(l *Loop) {
 
 // A handler that detached and blocks holds up neither the rest of its
 // batch nor later events.
-func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) {
-	p, err := New()
+func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) { forEachWait(t, testDetachedHandlerDoesNotStallTheLoop) }
+
+func testDetachedHandlerDoesNotStallTheLoop(t *testing.T, cfg Config) {
+	p, err := NewWith(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,8 +226,10 @@ func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) {
 	}
 }
 
-func TestWritableConnect(t *testing.T) {
-	p, err := New()
+func TestWritableConnect(t *testing.T) { forEachWait(t, testWritableConnect) }
+
+func testWritableConnect(t *testing.T, cfg Config) {
+	p, err := NewWith(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,8 +271,10 @@ func TestWritableConnect(t *testing.T) {
 	wait(t, h, true)
 }
 
-func TestExclusiveListenerAndRebind(t *testing.T) {
-	g, err := NewGroup(2)
+func TestExclusiveListenerAndRebind(t *testing.T) { forEachWait(t, testExclusiveListenerAndRebind) }
+
+func testExclusiveListenerAndRebind(t *testing.T, cfg Config) {
+	g, err := NewGroupWith(2, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
