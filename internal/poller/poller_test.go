@@ -184,7 +184,9 @@ func (h *blockingHandler) Ready(l *Loop) {
 
 // A handler that detached and blocks holds up neither the rest of its
 // batch nor later events.
-func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) { forEachWait(t, testDetachedHandlerDoesNotStallTheLoop) }
+func TestDetachedHandlerDoesNotStallTheLoop(t *testing.T) {
+	forEachWait(t, testDetachedHandlerDoesNotStallTheLoop)
+}
 
 func testDetachedHandlerDoesNotStallTheLoop(t *testing.T, cfg Config) {
 	p, err := NewWith(cfg)
