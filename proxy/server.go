@@ -49,6 +49,10 @@ type Config struct {
 	// Preroute, when set, sees every request before routing and answers
 	// those it returns true for (ACME HTTP-01 challenges).
 	Preroute func(*fasthttp.RequestCtx) bool
+	// Loops is how many event loops sessions run on; zero means one per
+	// CPU. Loop says how they wait; the zero value is poller.Parked.
+	Loops int
+	Loop  poller.Config
 }
 
 // keepAliveTimeout closes plain HTTP keep-alive connections idle this long.
@@ -142,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 	s.table.Store(t)
 	s.metrics.retain(t)
 	s.applyBudget(nil, t)
-	g, err := poller.NewGroup(0)
+	g, err := poller.NewGroupWith(cfg.Loops, cfg.Loop)
 	if err != nil {
 		return nil, err
 	}

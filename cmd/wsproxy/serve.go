@@ -47,7 +47,12 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "wsproxy: %v\n", err)
 		return 1
 	}
-	inst := &instance{path: path, stderr: stderr, up: up}
+	loops, err := processLoops()
+	if err != nil {
+		fmt.Fprintf(stderr, "wsproxy: %v\n", err)
+		return 2
+	}
+	inst := &instance{path: path, stderr: stderr, up: up, loops: loops}
 	return inst.serve(cfg, nil)
 }
 
@@ -56,6 +61,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 type instance struct {
 	path   string // config file, re-read on SIGHUP; empty for the demo
 	stderr io.Writer
+	loops  loopPlan // the zero value: Parked loops, one per CPU
 	level  zap.AtomicLevel
 	log    *zap.Logger
 
@@ -304,6 +310,8 @@ func (in *instance) startProxy(cfg *config.Config) error {
 		Backends: in.backends,
 		Health:   in.health,
 		Preroute: in.acmePreroute(cfg),
+		Loops:    in.loops.loops,
+		Loop:     in.loops.poller,
 	})
 	if err != nil {
 		return err
