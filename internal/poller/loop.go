@@ -62,6 +62,12 @@ type Loop struct {
 	ready    []Handler
 	next     int // ready[next:] are still to be dispatched
 	detached bool
+
+	// Parked loops: the callback for the runtime's poller and what it
+	// took.
+	take func(uintptr) bool
+	n    int
+	werr error
 }
 
 // Detach gives the loop to a new goroutine, which dispatches the rest of
@@ -108,7 +114,7 @@ func (p *Poller) run(l *Loop) {
 		if locked {
 			n, err = p.waitBlocking(l.events)
 		} else {
-			n, err = p.waitParked(l.events)
+			n, err = p.waitParked(l)
 		}
 		if err != nil || p.closed.Load() || !p.collect(l, n) {
 			if locked {
@@ -122,21 +128,30 @@ func (p *Poller) run(l *Loop) {
 
 // waitParked parks on the runtime's poller until the epoll descriptor is
 // readable, then takes its events.
-func (p *Poller) waitParked(events []unix.EpollEvent) (n int, err error) {
-	var werr error
-	err = p.rc.Read(func(fd uintptr) bool {
-		for {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			if werr != unix.EINTR {
-				break
-			}
-		}
-		return n > 0 || werr != nil
-	})
-	if err == nil {
-		err = werr
+func (p *Poller) waitParked(l *Loop) (int, error) {
+	if l.take == nil {
+		// Made once per loop goroutine: a closure made per wait would
+		// escape to the heap, an allocation per batch.
+		l.take = l.takeEvents
 	}
-	return n, err
+	l.n, l.werr = 0, nil
+	err := p.rc.Read(l.take)
+	if err == nil {
+		err = l.werr
+	}
+	return l.n, err
+}
+
+// takeEvents is the Parked loop's callback for the runtime's poller: it
+// takes the events without blocking and reports whether there were any.
+func (l *Loop) takeEvents(fd uintptr) bool {
+	for {
+		l.n, l.werr = unix.EpollWait(int(fd), l.events, 0)
+		if l.werr != unix.EINTR {
+			break
+		}
+	}
+	return l.n > 0 || l.werr != nil
 }
 
 // waitBlocking takes events, spinning first if the Config says so, then

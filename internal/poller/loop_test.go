@@ -312,3 +312,33 @@ func (h echoHandler) Ready(*Loop) {
 		unix.Write(int(h), buf[:n])
 	}
 }
+
+// A wake-up, its dispatch and the wait for the next allocate nothing, in
+// any mode.
+func TestWakeupAllocatesNothing(t *testing.T) { forEachWait(t, testWakeupAllocatesNothing) }
+
+func testWakeupAllocatesNothing(t *testing.T, cfg Config) {
+	p, err := NewWith(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	unix.SetNonblock(fds[1], true)
+	if _, err := p.Add(fds[1], echoHandler(fds[1])); err != nil {
+		t.Fatal(err)
+	}
+	buf := []byte{0}
+	allocs := testing.AllocsPerRun(200, func() {
+		unix.Write(fds[0], buf)
+		unix.Read(fds[0], buf) // blocks until the loop echoed
+	})
+	if allocs != 0 {
+		t.Fatalf("%.1f allocations per wake-up", allocs)
+	}
+}
