@@ -51,7 +51,18 @@ type Config struct {
 	// ready this long after its start is killed, and the old one serves
 	// on. Default 30s.
 	UpgradeTimeout time.Duration `yaml:"upgrade_timeout"`
+	// Engine is how plain listeners take connections: "goroutines"
+	// (fasthttp's accept loop and a goroutine per connection) or "loops"
+	// (accept and WebSocket handshakes on the event loops, anything else
+	// handed to fasthttp). Read at start. Default "goroutines".
+	Engine string `yaml:"engine"`
 }
+
+// The engines (Config.Engine).
+const (
+	EngineGoroutines = "goroutines"
+	EngineLoops      = "loops"
+)
 
 // Listener is an address the proxy accepts clients on.
 type Listener struct {
@@ -501,6 +512,7 @@ func defaults() *Config {
 	return &Config{
 		Admin:          Admin{Address: "127.0.0.1:9090"},
 		UpgradeTimeout: 30 * time.Second,
+		Engine:         EngineGoroutines,
 		Log:            Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
 		Admission: Admission{
 			MaxHeaderBytes: 8 << 10,

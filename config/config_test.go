@@ -654,3 +654,25 @@ func TestUpgradeKeys(t *testing.T) {
 		t.Fatalf("upgrade_timeout 0: %v", err)
 	}
 }
+
+// engine defaults to goroutines, takes loops and refuses anything else.
+func TestEngineKey(t *testing.T) {
+	const base = "routes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\nlisteners: [{address: \":8080\"}]\n"
+	for _, tc := range []struct{ yaml, want, err string }{
+		{"", EngineGoroutines, ""},
+		{"engine: loops\n", EngineLoops, ""},
+		{"engine: goroutines\n", EngineGoroutines, ""},
+		{"engine: epoll\n", "", `engine: unknown engine "epoll": want goroutines or loops`},
+	} {
+		c, err := Parse("config.yaml", []byte(base+tc.yaml))
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("%q: %v, want %s", tc.yaml, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || c.Engine != tc.want {
+			t.Fatalf("%q: engine %q, %v; want %q", tc.yaml, c.Engine, err, tc.want)
+		}
+	}
+}

@@ -44,6 +44,11 @@ func (d *decoder) validate() {
 	if c.ShutdownDelay > 10*time.Minute {
 		d.failAt("shutdown_delay", "%v is longer than 10m: load balancers stop sending within seconds", c.ShutdownDelay)
 	}
+	switch c.Engine {
+	case EngineGoroutines, EngineLoops:
+	default:
+		d.failAt("engine", "unknown engine %q: want goroutines or loops", c.Engine)
+	}
 	if c.UpgradeTimeout <= 0 || c.UpgradeTimeout > 10*time.Minute {
 		d.failAt("upgrade_timeout", "%v: want more than 0 and at most 10m", c.UpgradeTimeout)
 	}

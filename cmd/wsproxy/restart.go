@@ -57,6 +57,7 @@ func restartChanges(started, next *config.Config) []restartChange {
 		running: quoteEmpty(started.Admin.Address), file: quoteEmpty(next.Admin.Address)})
 	add(restartChange{key: "log.format", running: started.Log.Format, file: next.Log.Format})
 	add(restartChange{key: "pid_file", running: quoteEmpty(started.PIDFile), file: quoteEmpty(next.PIDFile)})
+	add(restartChange{key: "engine", running: started.Engine, file: next.Engine})
 	add(restartChange{key: "upgrade_timeout", running: started.UpgradeTimeout.String(), file: next.UpgradeTimeout.String()})
 	add(restartChange{key: "admission.max_header_bytes", warned: true,
 		running: strconv.FormatInt(started.Admission.MaxHeaderBytes, 10),
