@@ -230,6 +230,22 @@ func (r Registration) Poller() *Poller { return r.p }
 // FD reports the watched descriptor.
 func (r Registration) FD() int { return r.fd }
 
+// Delete stops watching the descriptor, in the kernel too, and stops
+// calling the handler: for a descriptor that stays open under another
+// owner (duplicated into a net.Conn), whose events Remove would leave
+// waking the loop.
+func (r Registration) Delete() error {
+	if r.p == nil {
+		return ErrClosed
+	}
+	err := unix.EpollCtl(r.p.epfd, unix.EPOLL_CTL_DEL, r.fd, nil)
+	r.p.release(r.token)
+	if err != nil {
+		return fmt.Errorf("poller: epoll_ctl del: %w", err)
+	}
+	return nil
+}
+
 // Remove stops calling the handler. It must be called before the
 // descriptor is closed, and the descriptor must then be closed: the kernel
 // drops the registration itself when the socket is released, which saves

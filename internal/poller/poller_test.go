@@ -323,3 +323,47 @@ func testExclusiveListenerAndRebind(t *testing.T, cfg Config) {
 		t.Fatal("Rebind after Remove succeeded")
 	}
 }
+
+// Delete takes the descriptor out of the kernel's interest list, not only
+// the handler's slot: adding it again succeeds, where EPOLL_CTL_ADD of a
+// descriptor still watched fails with EEXIST.
+func TestDeleteLeavesTheKernel(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	a, _ := pair(t)
+	fd := fdOf(t, a)
+	r, err := p.Add(fd, make(chanHandler, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Remove()
+	if _, err := p.Add(fd, make(chanHandler, 1)); err == nil {
+		t.Fatal("Remove took the descriptor out of the kernel: the test cannot tell Delete from it")
+	}
+	r2, err := p.Add(dupFD(t, fd), make(chanHandler, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.Delete(); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.Len(); n != 0 {
+		t.Fatalf("%d watched after Delete, want 0", n)
+	}
+	if _, err := p.Add(r2.FD(), make(chanHandler, 1)); err != nil {
+		t.Fatalf("adding a deleted descriptor again: %v", err)
+	}
+}
+
+func dupFD(t *testing.T, fd int) int {
+	t.Helper()
+	d, err := unix.Dup(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(d) })
+	return d
+}
