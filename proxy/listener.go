@@ -226,33 +226,43 @@ func (l *gatedListener) Accept() (net.Conn, error) {
 			}
 			return c, nil
 		}
-		reason, retry := acceptRetryable(err)
+		_, retry := acceptRetryable(err)
 		if !retry {
 			return nil, err
 		}
-		l.s.stats.AcceptErrors[reason].Add(1)
-		if reason == acceptEMFILE || reason == acceptENFILE {
-			// A client is waiting and a descriptor would let it in.
-			if l.s.conns.evictIdle(monoNow()) {
-				l.s.stats.ConnectionsEvicted.Add(1)
-			}
-		}
-		delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
-		if missed, ok := l.s.acceptLog.allow(); ok {
-			msg := "accept failed; retrying"
-			if reason == acceptEMFILE || reason == acceptENFILE {
-				msg = "accept failed: out of file descriptors; retrying (raise the open-files limit, or lower admission.max_sessions or admission.max_connections)"
-			}
-			l.s.log.Warn(msg, zap.Stringer("listener", l.Addr()), zap.Error(err),
-				zap.Duration("retry_in", delay), zap.Int64("more_since_last_warning", missed))
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-l.done:
-			t.Stop()
+		if delay, retry = l.failed(err, delay); !retry {
 			return nil, net.ErrClosed
 		}
+	}
+}
+
+// failed counts, logs and waits out an accept error that passes, as
+// Accept does; it reports false if the listener closed meanwhile.
+func (l *gatedListener) failed(err error, delay time.Duration) (time.Duration, bool) {
+	reason, _ := acceptRetryable(err)
+	l.s.stats.AcceptErrors[reason].Add(1)
+	if reason == acceptEMFILE || reason == acceptENFILE {
+		// A client is waiting and a descriptor would let it in.
+		if l.s.conns.evictIdle(monoNow()) {
+			l.s.stats.ConnectionsEvicted.Add(1)
+		}
+	}
+	delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
+	if missed, ok := l.s.acceptLog.allow(); ok {
+		msg := "accept failed; retrying"
+		if reason == acceptEMFILE || reason == acceptENFILE {
+			msg = "accept failed: out of file descriptors; retrying (raise the open-files limit, or lower admission.max_sessions or admission.max_connections)"
+		}
+		l.s.log.Warn(msg, zap.Stringer("listener", l.Addr()), zap.Error(err),
+			zap.Duration("retry_in", delay), zap.Int64("more_since_last_warning", missed))
+	}
+	t := time.NewTimer(delay)
+	select {
+	case <-t.C:
+		return delay, true
+	case <-l.done:
+		t.Stop()
+		return delay, false
 	}
 }
 

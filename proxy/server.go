@@ -87,6 +87,10 @@ type Server struct {
 	// per connection.
 	headerBytes int64
 	readTimeout time.Duration
+	// loops: plain listeners are accepted on the pollers' loops
+	// (loopfront.go), their heads read into headBufs.
+	loops    bool
+	headBufs headBufPool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -153,6 +157,8 @@ func New(cfg Config) (*Server, error) {
 	s.pollers = g
 	s.headerBytes = cfg.Config.Admission.MaxHeaderBytes
 	s.readTimeout = cfg.Config.Defaults.HandshakeTimeout
+	s.loops = loopEngine(cfg.Config)
+	s.headBufs.size = int(s.headerBytes)
 	s.http = &fasthttp.Server{
 		Handler: s.serveHTTP,
 		Name:    "wsproxy",
@@ -187,9 +193,14 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.mu.Unlock()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	served, err := s.listenerFor(ln)
+	if err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	s.listeners[served] = struct{}{}
 	s.mu.Unlock()
-	err := s.http.Serve(s.gate(ln))
+	err = s.http.Serve(served)
 	if s.stopping.Load() {
 		return ErrServerClosed
 	}

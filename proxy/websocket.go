@@ -282,6 +282,11 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	if rc, ok := c.(rawConner); ok {
 		raw = rc.UnsafeConn()
 	}
+	if rc, ok := raw.(*replayConn); ok { // handed over by the loops
+		var rest []byte
+		raw, rest = rc.unwrap()
+		early = append(early, rest...)
+	}
 	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
 		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
 	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
