@@ -122,14 +122,21 @@ func (s *Server) newLoopListener(tl *net.TCPListener) (*loopListener, error) {
 	}
 	l := &loopListener{s: s, ln: tl, fd: fd, gate: s.gate(tl), done: make(chan struct{})}
 	for _, p := range s.pollers.Pollers() {
-		a := &acceptor{l: l, p: p}
-		reg, err := p.AddFlags(fd, poller.Exclusive, a)
+		l.acc = append(l.acc, &acceptor{l: l, p: p})
+	}
+	// Every acceptor exists before the first can accept; a.reg is only
+	// Close's, which takes mu.
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, a := range l.acc {
+		reg, err := a.p.AddFlags(fd, poller.Exclusive, a)
 		if err != nil {
+			l.mu.Unlock()
 			l.Close()
+			l.mu.Lock()
 			return nil, err
 		}
 		a.reg = reg
-		l.acc = append(l.acc, a)
 	}
 	return l, nil
 }
