@@ -59,6 +59,11 @@ type loopListener struct {
 	// Serve as a connection, waits for them.
 	served sync.WaitGroup
 	done   chan struct{}
+
+	// spare is a descriptor kept open to be closed when a handover
+	// finds none free (fileConn); -1 when it could not be opened again.
+	spareMu sync.Mutex
+	spare   int
 }
 
 // acceptor is a loopListener on one poller: its handler for the
@@ -120,7 +125,7 @@ func (s *Server) newLoopListener(tl *net.TCPListener) (*loopListener, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	l := &loopListener{s: s, ln: tl, fd: fd, gate: s.gate(tl), done: make(chan struct{})}
+	l := &loopListener{s: s, ln: tl, fd: fd, gate: s.gate(tl), done: make(chan struct{}), spare: openSpare()}
 	for _, p := range s.pollers.Pollers() {
 		l.acc = append(l.acc, &acceptor{l: l, p: p})
 	}
@@ -169,7 +174,15 @@ func (l *loopListener) Close() error {
 	l.mu.Unlock()
 	err := l.gate.Close() // ends a wait at the cap; closes ln
 	l.slow.Wait()
-	defer close(l.done)
+	defer func() {
+		close(l.done)
+		l.spareMu.Lock()
+		if l.spare >= 0 {
+			unix.Close(l.spare)
+			l.spare = -1
+		}
+		l.spareMu.Unlock()
+	}()
 	for _, a := range l.acc {
 		for {
 			a.mu.Lock()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"os"
 	"sync"
@@ -202,9 +203,7 @@ func (c *loopConn) handOverLocked() {
 	c.unlist()
 	c.timer.Stop()
 	_ = c.reg.Delete()
-	f := os.NewFile(uintptr(c.fd), "")
-	nc, err := net.FileConn(f) // a duplicate: f's descriptor closes below
-	_ = f.Close()
+	nc, err := l.fileConn(c.fd)
 	if err != nil {
 		c.releaseBuf()
 		s.conns.release()
@@ -220,6 +219,40 @@ func (c *loopConn) handOverLocked() {
 	}
 	s.conns.connState(rc, fasthttp.StateNew) // ServeConn reports no StateNew
 	go l.serveHandedOver(rc)
+}
+
+// fileConn turns fd into a net.Conn and closes fd. net.FileConn takes a
+// duplicate, so it needs a descriptor to spare: out of them (EMFILE,
+// ENFILE), the listener's spare one makes room, so that the client still
+// gets fasthttp's answer (a 503 for an upgrade that cannot dial, say)
+// rather than a silent close.
+func (l *loopListener) fileConn(fd int) (net.Conn, error) {
+	f := os.NewFile(uintptr(fd), "")
+	defer f.Close()
+	nc, err := net.FileConn(f)
+	if err == nil || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) {
+		return nc, err
+	}
+	l.spareMu.Lock()
+	defer l.spareMu.Unlock()
+	if l.spare < 0 {
+		return nil, err
+	}
+	unix.Close(l.spare)
+	nc, err = net.FileConn(f)
+	_ = f.Close() // its slot is the spare's again
+	l.spare = openSpare()
+	return nc, err
+}
+
+// openSpare opens the descriptor a loopListener keeps to spare, or
+// returns -1.
+func openSpare() int {
+	fd, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1
+	}
+	return fd
 }
 
 // serveHandedOver serves a connection the loops handed over.

@@ -292,3 +292,25 @@ func stripDate(s string) string {
 	}
 	return out.String()
 }
+
+// A session outlives the handshake_timeout that bounded reading its
+// head: the read deadline fasthttp set for it does not stay on the
+// socket the relay reads.
+func TestLoopSessionOutlivesHeadDeadline(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			b := startBackend(t, "b0")
+			p := startEngine(t, engine, b.addr())
+			rc := dialRaw(t, p, "/", nil)
+			time.Sleep(1500 * time.Millisecond) // past the 1s handshake_timeout, not a synchronisation
+			rc.send(clientFrame(true, wsframe.OpText, []byte("late")))
+			if f, err := rc.next(); err != nil || string(f.payload) != "late" {
+				t.Fatalf("echo after the head's deadline: %q %v", f.payload, err)
+			}
+			rc.send(clientFrame(true, wsframe.OpClose, []byte{0x03, 0xe8}))
+			if f, err := rc.next(); err != nil || f.op != wsframe.OpClose {
+				t.Fatalf("close reply: %+v %v", f, err)
+			}
+		})
+	}
+}
