@@ -226,7 +226,7 @@ func (a *acceptor) Ready(*poller.Loop) {
 			if l.pause() {
 				go l.acceptSlowly(fd, 0)
 			} else {
-				unix.Close(fd) // a goroutine holds one already
+				l.waitAtCap(fd) // a goroutine accepts already
 			}
 			return
 		}
@@ -295,7 +295,7 @@ func (l *loopListener) acceptSlowly(held int, errno syscall.Errno) {
 						held = fd
 						continue
 					}
-					l.openOrClose(fd)
+					l.waitAtCap(fd)
 				}
 			}
 			return
@@ -310,14 +310,26 @@ func (l *loopListener) acceptSlowly(held int, errno syscall.Errno) {
 	}
 }
 
-// openOrClose opens fd if the cap has room and closes it otherwise: a
-// connection accepted while another goroutine waits at the cap.
-func (l *loopListener) openOrClose(fd int) {
+// waitAtCap opens fd once the cap has room, waiting on a goroutine of
+// its own: a connection accepted while acceptSlowly had the listener.
+func (l *loopListener) waitAtCap(fd int) {
 	if l.s.conns.tryAcquire() {
 		l.pick().open(fd)
 		return
 	}
-	unix.Close(fd)
+	l.slow.Add(1)
+	go l.holdAtCap(fd)
+}
+
+// holdAtCap waits at the cap with fd, then opens it; it closes fd if the
+// listener closes first.
+func (l *loopListener) holdAtCap(fd int) {
+	defer l.slow.Done()
+	if !l.gate.acquire() {
+		unix.Close(fd)
+		return
+	}
+	l.pick().open(fd)
 }
 
 // pick returns the next poller's acceptor in turn, for a connection
