@@ -230,8 +230,11 @@ func (l *loopListener) fileConn(fd int) (net.Conn, error) {
 	f := os.NewFile(uintptr(fd), "")
 	defer f.Close()
 	nc, err := net.FileConn(f)
-	if err == nil || !(errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE)) {
-		return nc, err
+	if err == nil {
+		return nc, noKeepAlive(nc)
+	}
+	if !errors.Is(err, unix.EMFILE) && !errors.Is(err, unix.ENFILE) {
+		return nil, err
 	}
 	l.spareMu.Lock()
 	defer l.spareMu.Unlock()
@@ -242,7 +245,24 @@ func (l *loopListener) fileConn(fd int) (net.Conn, error) {
 	nc, err = net.FileConn(f)
 	_ = f.Close() // its slot is the spare's again
 	l.spare = openSpare()
-	return nc, err
+	if err != nil {
+		return nil, err
+	}
+	return nc, noKeepAlive(nc)
+}
+
+// noKeepAlive turns off the TCP keep-alive net.FileConn turns on, as the
+// listeners wsproxy opens have it off: the relay's pings and the
+// keep-alive timeout find dead clients, and a kernel timer per idle
+// session would cost more than they do.
+func noKeepAlive(nc net.Conn) error {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if err := tc.SetKeepAlive(false); err != nil {
+			nc.Close()
+			return err
+		}
+	}
+	return nil
 }
 
 // openSpare opens the descriptor a loopListener keeps to spare, or

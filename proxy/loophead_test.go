@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
@@ -312,5 +314,47 @@ func TestLoopSessionOutlivesHeadDeadline(t *testing.T) {
 				t.Fatalf("close reply: %+v %v", f, err)
 			}
 		})
+	}
+}
+
+// A connection handed to fasthttp has TCP keep-alive off, as the
+// listeners wsproxy opens give their connections, though net.FileConn
+// turns it on.
+func TestLoopHandedOverNoKeepAlive(t *testing.T) {
+	b := startBackend(t, "b0")
+	p := startEngine(t, "loops", b.addr())
+	conn, err := net.Dial("tcp", p.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("%v %v", resp, err)
+	}
+	resp.Body.Close()
+	var handed []*replayConn
+	p.srv.conns.conns.Range(func(k, _ any) bool {
+		if rc, ok := k.(*replayConn); ok {
+			handed = append(handed, rc)
+		}
+		return true
+	})
+	if len(handed) != 1 {
+		t.Fatalf("%d connections handed over, want 1", len(handed))
+	}
+	rc, err := handed[0].Conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var serr error
+	_ = rc.Control(func(fd uintptr) { on, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE) })
+	if serr != nil || on != 0 {
+		t.Fatalf("SO_KEEPALIVE %d %v, want off", on, serr)
 	}
 }
