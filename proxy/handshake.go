@@ -327,19 +327,11 @@ func readAnswer(conn net.Conn) (*backendAnswer, error) {
 		}
 		n, err := conn.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if i := bytes.Index(buf[max(searched-3, 0):], []byte("\r\n\r\n")); i >= 0 {
-			end := max(searched-3, 0) + i + 4
-			status, perr := parseStatus(buf)
+		if a, perr := answerHead(buf, searched); a != nil || perr != nil {
 			if perr != nil {
 				return nil, perr
 			}
-			a := &backendAnswer{status: status}
-			if status == fasthttp.StatusSwitchingProtocols {
-				a.head = bytes.Clone(buf[:end])
-				if end < len(buf) {
-					a.early = bytes.Clone(buf[end:])
-				}
-			} else {
+			if a.status != fasthttp.StatusSwitchingProtocols {
 				a.br = bufio.NewReader(io.MultiReader(bytes.NewReader(bytes.Clone(buf)), conn))
 			}
 			if cap(buf) <= 64<<10 {
@@ -355,6 +347,29 @@ func readAnswer(conn net.Conn) (*backendAnswer, error) {
 			return nil, err
 		}
 	}
+}
+
+// answerHead parses the answer head at the start of buf, whose first
+// searched bytes hold no blank line: nil and no error while the head is
+// not whole. For a 101 it keeps the raw head and the bytes behind it.
+func answerHead(buf []byte, searched int) (*backendAnswer, error) {
+	i := bytes.Index(buf[max(searched-3, 0):], []byte("\r\n\r\n"))
+	if i < 0 {
+		return nil, nil
+	}
+	end := max(searched-3, 0) + i + 4
+	status, err := parseStatus(buf)
+	if err != nil {
+		return nil, err
+	}
+	a := &backendAnswer{status: status}
+	if status == fasthttp.StatusSwitchingProtocols {
+		a.head = bytes.Clone(buf[:end])
+		if end < len(buf) {
+			a.early = bytes.Clone(buf[end:])
+		}
+	}
+	return a, nil
 }
 
 // parseStatus parses "HTTP/1.x NNN ..." at the start of b.

@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -230,7 +231,7 @@ func (a *acceptor) Ready(*poller.Loop) {
 			}
 			return
 		}
-		a.open(fd)
+		a.open(fd, sockaddrPort(&a.rsa))
 	}
 }
 
@@ -267,7 +268,7 @@ func (l *loopListener) acceptSlowly(held int, errno syscall.Errno) {
 				l.paused.Store(false)
 				return
 			}
-			l.pick().open(held)
+			l.pick().open(held, netip.AddrPort{})
 			held = -1
 		}
 		l.mu.RLock()
@@ -314,7 +315,7 @@ func (l *loopListener) acceptSlowly(held int, errno syscall.Errno) {
 // its own: a connection accepted while acceptSlowly had the listener.
 func (l *loopListener) waitAtCap(fd int) {
 	if l.s.conns.tryAcquire() {
-		l.pick().open(fd)
+		l.pick().open(fd, netip.AddrPort{})
 		return
 	}
 	l.slow.Add(1)
@@ -329,7 +330,7 @@ func (l *loopListener) holdAtCap(fd int) {
 		unix.Close(fd)
 		return
 	}
-	l.pick().open(fd)
+	l.pick().open(fd, netip.AddrPort{})
 }
 
 // pick returns the next poller's acceptor in turn, for a connection

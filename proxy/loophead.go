@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"syscall"
@@ -38,6 +39,11 @@ type loopConn struct {
 	// deadline is handshake_timeout after the accept.
 	deadline time.Time
 	timer    *time.Timer
+	peer     netip.AddrPort // the client's, from accept; zero if unknown
+	// up is the upgrade the loop carries out (loopupgrade.go); note is
+	// what a handover tells serveWebSocket of it.
+	up   *loopUpgrade
+	note *loopNote
 
 	// mu serialises the loop's reads with the timer's handover.
 	mu      sync.Mutex
@@ -91,10 +97,10 @@ func (p *headBufPool) put(b *[]byte) { p.pool.Put(b) }
 
 // open registers an accepted descriptor on a's loop, its slot under the
 // connection cap taken.
-func (a *acceptor) open(fd int) {
+func (a *acceptor) open(fd int, peer netip.AddrPort) {
 	s := a.l.s
 	setNoDelay(fd)
-	c := &loopConn{a: a, fd: fd, deadline: time.Now().Add(s.readTimeout)}
+	c := &loopConn{a: a, fd: fd, deadline: time.Now().Add(s.readTimeout), peer: peer}
 	a.mu.Lock()
 	a.heads.add(c)
 	a.mu.Unlock()
@@ -113,7 +119,7 @@ func (a *acceptor) open(fd int) {
 func (c *loopConn) Ready(*poller.Loop) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.handed {
+	if c.handed || c.up != nil { // the relay reads what comes now
 		return
 	}
 	if c.buf == nil {
@@ -137,6 +143,9 @@ func (c *loopConn) Ready(*poller.Loop) {
 		}
 		c.n += n
 		if end := headEnd(buf[:c.n], c.scanned); end > 0 || c.n == len(buf) {
+			if end == c.n && c.upgradeLocked() {
+				return
+			}
 			c.handOverLocked()
 			return
 		}
@@ -149,7 +158,11 @@ func (c *loopConn) Ready(*poller.Loop) {
 func (c *loopConn) expired() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.handed {
+	switch {
+	case c.handed:
+	case c.up != nil:
+		c.up.expired()
+	default:
 		c.handOverLocked()
 	}
 }
@@ -210,7 +223,7 @@ func (c *loopConn) handOverLocked() {
 		l.served.Done()
 		return
 	}
-	rc := &replayConn{Conn: nc, first: c.deadline, pool: &s.headBufs}
+	rc := &replayConn{Conn: nc, first: c.deadline, pool: &s.headBufs, note: c.note}
 	if c.n > 0 {
 		rc.buf, rc.rest = c.buf, (*c.buf)[:c.n]
 		c.buf = nil
@@ -291,6 +304,7 @@ type replayConn struct {
 	buf     *[]byte    // rest's pooled buffer
 	pool    *headBufPool
 	first   time.Time // the first read deadline's limit
+	note    *loopNote // how far the loop took the first request
 	clamped bool      // the first deadline was set
 }
 

@@ -27,6 +27,9 @@ type Stats struct {
 	HandshakeBackendRefused atomic.Int64
 	HandshakeBackendTimeout atomic.Int64
 	HandshakeBackendNon101  atomic.Int64
+	// LoopUpgrades counts upgrades the event loops completed themselves,
+	// from request head to session, without fasthttp (engine: loops).
+	LoopUpgrades atomic.Int64
 	// HandshakeLocalResources and HTTPLocalResources count backend
 	// connections the proxy could not open for want of its own
 	// resources (EMFILE, ENFILE, ENOBUFS, ENOMEM, EADDRNOTAVAIL),

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/balancer"
+	"github.com/wsproxy/wsproxy/internal/poller"
 	"github.com/wsproxy/wsproxy/internal/relay"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
@@ -34,14 +35,21 @@ var earlyPool = sync.Pool{New: func() any {
 // backend's handshake, and either relays the backend's refusal or hijacks
 // the connection and starts a session.
 func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
-	if !s.acceptUpgrade(ctx, rt) {
+	n := takeLoopNote(ctx) // a loop admitted it, or began its upgrade
+	if n == nil && !s.acceptUpgrade(ctx, rt) {
 		return
 	}
 	h := &ctx.Request.Header
 	peer := clientAddr(ctx)
 	t := s.table.Load()
 	clientIP := balancer.ClientIP(peer, joinedHeader(h, "X-Forwarded-For"), t.trusted)
-	tk, r := s.admit(&t.admission, rt, clientIP)
+	var tk ticket
+	var r *refusal
+	if n != nil {
+		tk, r = n.tk, n.refusal
+	} else {
+		tk, r = s.admit(&t.admission, rt, clientIP)
+	}
 	if r != nil {
 		s.stats.Limited[r.limit].Add(1)
 		if ce := s.log.Check(zap.DebugLevel, "upgrade refused by a limit"); ce != nil {
@@ -66,7 +74,11 @@ func (s *Server) serveWebSocket(ctx *fasthttp.RequestCtx, rt *route) {
 		*bp = request[:0]
 		reqPool.Put(bp)
 	}()
-	s.upgrade(ctx, rt, s.choose(&ctx.Request, rt, clientIP), request, &tk)
+	if n != nil && n.chosen {
+		s.upgrade(ctx, rt, n.ch, request, &tk, n)
+		return
+	}
+	s.upgrade(ctx, rt, s.choose(&ctx.Request, rt, clientIP), request, &tk, n)
 }
 
 // acceptUpgrade refuses an upgrade request that is malformed, from an
@@ -99,8 +111,9 @@ func (s *Server) acceptUpgrade(ctx *fasthttp.RequestCtx, rt *route) bool {
 // reached the last, and relays the first answer: a refusal as it is, a
 // 101 as a session, which takes the ticket.
 // The handshakes end with the server's lifetime or the route's
-// handshake_timeout.
-func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request []byte, tk *ticket) {
+// handshake_timeout. n, if set, is how far a loop got: upgrade goes on
+// from there.
+func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request []byte, tk *ticket, n *loopNote) {
 	s.upgrading.Add(1)
 	started := false // then the hijack handler counts it out
 	defer func() {
@@ -112,7 +125,15 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request 
 	defer cancel()
 	var tried []*balancer.Backend
 	var last verdict
-	for attempt := 0; attempt < s.attempts; attempt++ {
+	first := 0
+	if n != nil {
+		if n.conn != nil {
+			s.relayRefusal(ctx, n.conn, n.answer)
+			return
+		}
+		tried, last, first = n.tried, n.last, n.attempt
+	}
+	for attempt := first; attempt < s.attempts; attempt++ {
 		var b *balancer.Backend
 		switch {
 		case attempt == 0 && c.sticky != nil:
@@ -287,10 +308,17 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		raw, rest = rc.unwrap()
 		early = append(early, rest...)
 	}
+	s.runSession(relay.Endpoint{Conn: raw}, relay.Endpoint{Conn: hi.backend}, s.pollers.Pick(), early, &hi, fail)
+}
+
+// runSession starts the session of a handshake done, the 101 written:
+// hijacked's and the loops' (loopupgrade.go) second half. fail is called
+// if the relay will not take the endpoints.
+func (s *Server) runSession(client, backend relay.Endpoint, p *poller.Poller, early []byte, hi *hijackInfo, fail func(error)) {
 	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
 		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
 	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
-	err = ss.Init(raw, hi.backend, &relay.Options{
+	err := ss.InitEndpoints(client, backend, &relay.Options{
 		Limits:       hi.relayLimits,
 		ClientEarly:  early,
 		BackendEarly: hi.answer.early,
@@ -313,7 +341,7 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 	if s.stopping.Load() {
 		ss.drainClose(s.table.Load().drainCloseCode, "proxy shutting down")
 	}
-	if err := ss.Start(s.pollers.Pick()); err != nil {
+	if err := ss.Start(p); err != nil {
 		s.log.Error("session could not start", zap.Error(err))
 		ss.Finish()
 		return
