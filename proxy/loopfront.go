@@ -78,6 +78,7 @@ type acceptor struct {
 
 	mu    sync.Mutex
 	heads headList
+	ups   headList // connections whose upgrade the loop carries out
 }
 
 // engineOverride is WSPROXY_ENGINE: see loopEngine.

@@ -143,7 +143,11 @@ func (c *loopConn) upgradeLocked() bool {
 	// The loop owns c now: Close no longer hands it over, fasthttp's
 	// Shutdown waits for it as for a handler, Shutdown's waitUpgrades too.
 	c.up = u
-	c.unlist()
+	a := c.a
+	a.mu.Lock()
+	a.heads.remove(c)
+	a.ups.add(c)
+	a.mu.Unlock()
 	c.a.l.served.Add(1)
 	s.upgrading.Add(1)
 	c.timer.Stop()
@@ -328,9 +332,12 @@ func (u *loopUpgrade) answered(a *backendAnswer) {
 		a.br = bufio.NewReader(io.MultiReader(bytes.NewReader(bytes.Clone(*u.ans)), conn))
 		n := u.note(s.attempts)
 		n.conn, n.answer = conn, a
+		u.unlist()
 		u.release()
 		c.note = n
 		c.handOverLocked()
+		s.upgrading.Add(-1)
+		c.a.l.served.Done()
 		return
 	}
 	a.head = s.stampHead(a.head, &u.ch, u.b, false)
@@ -347,6 +354,7 @@ func (u *loopUpgrade) answered(a *backendAnswer) {
 	client := relay.Endpoint{FD: c.fd, Reg: c.reg}
 	backend := relay.Endpoint{FD: u.fd, Reg: u.reg, Writable: true}
 	u.fd = -1
+	u.unlist()
 	c.handed = true
 	c.timer.Stop()
 	c.releaseBuf()
@@ -383,6 +391,39 @@ func (u *loopUpgrade) failed(err error) {
 	u.handOver(v, s.attempts)
 }
 
+// unlist takes c off its acceptor's upgrades.
+func (u *loopUpgrade) unlist() {
+	a := u.c.a
+	a.mu.Lock()
+	a.ups.remove(u.c)
+	a.mu.Unlock()
+}
+
+// abortUpgrades ends the upgrades the loops carry out as the server's
+// context ends them on the goroutine engine: as timed out.
+func (l *loopListener) abortUpgrades() {
+	for _, a := range l.acc {
+		for {
+			a.mu.Lock()
+			c := a.ups.first
+			a.mu.Unlock()
+			if c == nil {
+				break
+			}
+			c.mu.Lock()
+			if u := c.up; u != nil && !c.handed {
+				u.deadline = time.Time{}
+				u.expired()
+			} else {
+				a.mu.Lock()
+				a.ups.remove(c)
+				a.mu.Unlock()
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
 // expired ends an exchange that handshake_timeout cut short; the timer
 // holds c.mu. A timer that fired as it was reset is early: the reset one
 // follows.
@@ -416,6 +457,7 @@ func (u *loopUpgrade) handOver(last verdict, attempt int) {
 	s := c.a.l.s
 	n := u.note(attempt)
 	n.last = last
+	u.unlist()
 	u.closeBackend()
 	u.release()
 	c.note = n
@@ -490,4 +532,16 @@ func sockaddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(p[0])<<8|uint16(p[1]))
 	}
 	return netip.AddrPort{}
+}
+
+// abortLoopUpgrades ends the upgrades the loops carry out, once the
+// server's context is done.
+func (s *Server) abortLoopUpgrades() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ln := range s.listeners {
+		if l, ok := ln.(*loopListener); ok {
+			l.abortUpgrades()
+		}
+	}
 }

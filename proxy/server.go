@@ -336,6 +336,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.sessions.each(func(ss *session) { ss.Finish() })
 	}
 	s.cancel()
+	s.abortLoopUpgrades()
 	retireAuth(s.table.Load(), nil)
 	closeDropped(s.table.Load(), &table{}) // idle backend connections
 	s.drains.Wait()
