@@ -80,6 +80,7 @@ type loopUpgrade struct {
 	cont     bool // the request continues a long-polling session
 	tried    []*balancer.Backend
 	attempt  int
+	last     verdict // the last failure's
 	b        *balancer.Backend
 	fd       int // the backend socket; -1 for none
 	reg      poller.Registration
@@ -160,7 +161,6 @@ func (c *loopConn) upgradeLocked() bool {
 // with none left it hands the connection over with the last verdict.
 func (u *loopUpgrade) dialNext() {
 	s := u.c.a.l.s
-	var last verdict
 	for u.attempt < s.attempts {
 		var b *balancer.Backend
 		switch {
@@ -176,7 +176,7 @@ func (u *loopUpgrade) dialNext() {
 		}
 		ap, perr := netip.ParseAddrPort(b.Addr)
 		if perr != nil {
-			u.handOver(verdict{}, u.attempt) // a name: upgrade dials it
+			u.handOver(u.last, u.attempt) // a name: upgrade dials it
 			return
 		}
 		u.tried = append(u.tried, b)
@@ -185,13 +185,13 @@ func (u *loopUpgrade) dialNext() {
 		if err == nil {
 			return // the loop waits for the connect
 		}
-		last = classify(err, exchange{upgrade: true})
-		s.backendFailed(u.rt.pool.name, b, err, last, "backend handshake failed")
-		if last.kind == failLocal {
+		u.last = classify(err, exchange{upgrade: true})
+		s.backendFailed(u.rt.pool.name, b, err, u.last, "backend handshake failed")
+		if u.last.kind == failLocal {
 			break
 		}
 	}
-	u.handOver(last, s.attempts)
+	u.handOver(u.last, s.attempts)
 }
 
 // connect opens a non-blocking connection to ap on the loop.
@@ -237,11 +237,11 @@ func (u *loopUpgrade) Ready(*poller.Loop) {
 				err = syscall.Errno(errno)
 			}
 			err = &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", err)}}
-			v := classify(err, exchange{upgrade: true})
-			s.backendFailed(u.rt.pool.name, u.b, err, v, "backend handshake failed")
+			u.last = classify(err, exchange{upgrade: true})
+			s.backendFailed(u.rt.pool.name, u.b, err, u.last, "backend handshake failed")
 			u.closeBackend()
-			if v.kind == failLocal {
-				u.handOver(v, s.attempts)
+			if u.last.kind == failLocal {
+				u.handOver(u.last, s.attempts)
 				return
 			}
 			u.dialNext()
