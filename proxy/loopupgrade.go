@@ -144,12 +144,14 @@ func (c *loopConn) upgradeLocked() bool {
 	// The loop owns c now: Close no longer hands it over, fasthttp's
 	// Shutdown waits for it as for a handler, Shutdown's waitUpgrades too.
 	c.up = u
+	// Added before a.mu is taken, which Close takes next: its Wait is
+	// ordered after this Add.
+	c.a.l.served.Add(1)
 	a := c.a
 	a.mu.Lock()
 	a.heads.remove(c)
 	a.ups.add(c)
 	a.mu.Unlock()
-	c.a.l.served.Add(1)
 	s.upgrading.Add(1)
 	c.timer.Stop()
 	c.timer.Reset(rt.limits.HandshakeTimeout)
