@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,8 +133,24 @@ func adopt(t *testing.T, pid int) *adopted {
 }
 
 // waitPIDFile waits until path names a PID other than not, and returns it.
+//
+// It also makes sure the new process does not outlive the test if the test
+// fails before adopting it: at cleanup, which runs before the old
+// process's, it kills the PID the file names and the old process's
+// children (the new process is one until the old one exits).
 func waitPIDFile(t *testing.T, path string, not int) int {
 	t.Helper()
+	t.Cleanup(func() {
+		pids := strings.Fields(readFileString(fmt.Sprintf("/proc/%d/task/%d/children", not, not)))
+		if pid := readPIDFile(path); pid != 0 && pid != not {
+			pids = append(pids, strconv.Itoa(pid))
+		}
+		for _, f := range pids {
+			if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
+				unix.Kill(pid, unix.SIGKILL)
+			}
+		}
+	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if pid := readPIDFile(path); pid != 0 && pid != not {
@@ -839,4 +856,10 @@ func TestSignalsDuringDrain(t *testing.T) {
 	if code := p.cmd.ProcessState.ExitCode(); code != 1 {
 		t.Fatalf("exit %d after a second SIGTERM, want 1", code)
 	}
+}
+
+// readFileString returns a file's contents, or "" if it cannot be read.
+func readFileString(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
 }
