@@ -54,7 +54,7 @@ type Config struct {
 	// Engine is how plain listeners take connections: "goroutines"
 	// (fasthttp's accept loop and a goroutine per connection) or "loops"
 	// (accept and WebSocket handshakes on the event loops, anything else
-	// handed to fasthttp). Read at start. Default "goroutines".
+	// handed to fasthttp). Read at start. Default "loops".
 	Engine string `yaml:"engine"`
 }
 
@@ -512,7 +512,7 @@ func defaults() *Config {
 	return &Config{
 		Admin:          Admin{Address: "127.0.0.1:9090"},
 		UpgradeTimeout: 30 * time.Second,
-		Engine:         EngineGoroutines,
+		Engine:         EngineLoops,
 		Log:            Log{Level: "info", Format: "json", AccessLog: true, AccessLogSample: 1},
 		Admission: Admission{
 			MaxHeaderBytes: 8 << 10,

@@ -655,11 +655,11 @@ func TestUpgradeKeys(t *testing.T) {
 	}
 }
 
-// engine defaults to goroutines, takes loops and refuses anything else.
+// engine defaults to loops, takes goroutines and refuses anything else.
 func TestEngineKey(t *testing.T) {
 	const base = "routes: [{path: /, pool: p}]\npools: {p: {backends: [{address: \"127.0.0.1:9001\"}]}}\nlisteners: [{address: \":8080\"}]\n"
 	for _, tc := range []struct{ yaml, want, err string }{
-		{"", EngineGoroutines, ""},
+		{"", EngineLoops, ""},
 		{"engine: loops\n", EngineLoops, ""},
 		{"engine: goroutines\n", EngineGoroutines, ""},
 		{"engine: epoll\n", "", `engine: unknown engine "epoll": want goroutines or loops`},
