@@ -242,9 +242,7 @@ func TestLoopHeadAtBufferEnd(t *testing.T) {
 			answers[engine] = [2]string{firstLine(a), stripDate(o)}
 		})
 	}
-	if len(answers) == 2 && answers["loops"] != answers["goroutines"] {
-		t.Fatalf("the engines answer differently:\n%q\n%q", answers["goroutines"], answers["loops"])
-	}
+	sameOnBoth(t, answers)
 }
 
 // A client that sends half a head and then nothing gets the same 408 at
@@ -272,9 +270,7 @@ func TestLoopSlowClient(t *testing.T) {
 			answers[engine] = stripDate(got)
 		})
 	}
-	if len(answers) == 2 && answers["loops"] != answers["goroutines"] {
-		t.Fatalf("the engines answer differently:\n%q\n%q", answers["goroutines"], answers["loops"])
-	}
+	sameOnBoth(t, answers)
 }
 
 func firstLine(s string) string {

@@ -138,10 +138,10 @@ func upgradeAnswer(t *testing.T, p *testProxy, path string) (string, *rawClient)
 }
 
 // sameOnBoth fails if the engines' answers differ.
-func sameOnBoth(t *testing.T, answers map[string]string) {
+func sameOnBoth[T comparable](t *testing.T, answers map[string]T) {
 	t.Helper()
 	if len(answers) == 2 && answers["loops"] != answers["goroutines"] {
-		t.Fatalf("the engines answer differently:\n%q\n%q", answers["goroutines"], answers["loops"])
+		t.Fatalf("the engines answer differently:\n%q\n%q", any(answers["goroutines"]), any(answers["loops"]))
 	}
 }
 
