@@ -222,7 +222,7 @@ func (u *loopUpgrade) connect(b *balancer.Backend, ap netip.AddrPort) error {
 }
 
 // Ready moves the backend exchange on, on the loop.
-func (u *loopUpgrade) Ready(*poller.Loop) {
+func (u *loopUpgrade) Ready(l *poller.Loop) {
 	c := u.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -307,15 +307,15 @@ func (u *loopUpgrade) Ready(*poller.Loop) {
 			return
 		}
 		if a != nil {
-			u.answered(a)
+			u.answered(a, l)
 			return
 		}
 		u.searched = len(buf)
 	}
 }
 
-// answered acts on the backend's answer head.
-func (u *loopUpgrade) answered(a *backendAnswer) {
+// answered acts on the backend's answer head, in a handler on l.
+func (u *loopUpgrade) answered(a *backendAnswer, l *poller.Loop) {
 	c := u.c
 	s := c.a.l.s
 	if s.health != nil {
@@ -377,7 +377,7 @@ func (u *loopUpgrade) answered(a *backendAnswer) {
 		s.admission.release(&hi.ticket)
 		return
 	}
-	s.runSession(client, backend, c.a.p, nil, &hi, func(err error) {
+	s.runSession(client, backend, nil, l, nil, &hi, func(err error) {
 		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
 		s.admission.release(&hi.ticket)
 	})

@@ -308,13 +308,15 @@ func (s *Server) hijacked(c net.Conn, hi hijackInfo) {
 		raw, rest = rc.unwrap()
 		early = append(early, rest...)
 	}
-	s.runSession(relay.Endpoint{Conn: raw}, relay.Endpoint{Conn: hi.backend}, s.pollers.Pick(), early, &hi, fail)
+	s.runSession(relay.Endpoint{Conn: raw}, relay.Endpoint{Conn: hi.backend}, s.pollers.Pick(), nil, early, &hi, fail)
 }
 
 // runSession starts the session of a handshake done, the 101 written:
-// hijacked's and the loops' (loopupgrade.go) second half. fail is called
-// if the relay will not take the endpoints.
-func (s *Server) runSession(client, backend relay.Endpoint, p *poller.Poller, early []byte, hi *hijackInfo, fail func(error)) {
+// hijacked's and the loops' (loopupgrade.go) second half. Its sockets are
+// added to p, unless l is set: the loop whose handler calls it, where the
+// session starts (relay.Session.StartOn). fail is called if the relay will
+// not take the endpoints.
+func (s *Server) runSession(client, backend relay.Endpoint, p *poller.Poller, l *poller.Loop, early []byte, hi *hijackInfo, fail func(error)) {
 	ss := &session{srv: s, start: time.Now(), route: hi.route, exact: hi.exact, pool: hi.pool,
 		limits: hi.limits, upstream: hi.upstream, rm: hi.rm, bm: hi.bm, peer: hi.peer}
 	ext, _ := headerValue(hi.answer.head, "Sec-WebSocket-Extensions")
@@ -341,7 +343,12 @@ func (s *Server) runSession(client, backend relay.Endpoint, p *poller.Poller, ea
 	if s.stopping.Load() {
 		ss.drainClose(s.table.Load().drainCloseCode, "proxy shutting down")
 	}
-	if err := ss.Start(p); err != nil {
+	if l != nil {
+		err = ss.StartOn(l)
+	} else {
+		err = ss.Start(p)
+	}
+	if err != nil {
 		s.log.Error("session could not start", zap.Error(err))
 		ss.Finish()
 		return

@@ -90,6 +90,23 @@ func (l *Loop) Detach() {
 	go l.p.run(nl)
 }
 
+// Poller is the poller whose events l dispatches.
+func (l *Loop) Poller() *Poller { return l.p }
+
+// Later has h's Ready run on the loop once the running handler has
+// returned, in the same batch, as if an event for h had come with it: a
+// handler hands work to another handler without a goroutine or a system
+// call, and without holding its own locks while that work runs. Later
+// must be called from a handler, on the loop goroutine; on a loop that
+// handler detached, h runs on a goroutine of its own instead.
+func (l *Loop) Later(h Handler) {
+	if l.detached {
+		go h.Ready(l)
+		return
+	}
+	l.ready = append(l.ready, h)
+}
+
 // run is the loop goroutine: it dispatches what is left of l's batch,
 // waits for events as the poller's Config says, hands each to its
 // handler, and so on. It returns when the poller closes or a handler

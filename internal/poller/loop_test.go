@@ -342,3 +342,99 @@ func testWakeupAllocatesNothing(t *testing.T, cfg Config) {
 		t.Fatalf("%.1f allocations per wake-up", allocs)
 	}
 }
+
+// laterHandler hands work to next with Later, then holds its lock until
+// it returns, so that the work cannot run while the handler runs.
+type laterHandler struct {
+	fd     int
+	next   *laterWork
+	detach bool
+	mu     sync.Mutex
+}
+
+func (h *laterHandler) Ready(l *Loop) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var buf [8]byte
+	for {
+		if n, _ := unix.Read(h.fd, buf[:]); n <= 0 {
+			break
+		}
+	}
+	if h.detach {
+		l.Detach()
+	}
+	l.Later(h.next)
+}
+
+// laterWork reports the loop it ran on, and checks that the handler that
+// scheduled it had returned (unless it detached).
+type laterWork struct {
+	t     *testing.T
+	h     *laterHandler
+	ran   chan struct{}
+	loops chan *Loop
+}
+
+func (w *laterWork) Ready(l *Loop) {
+	if !w.h.detach {
+		if !w.h.mu.TryLock() {
+			w.t.Error("Later's handler ran before the handler that called Later returned")
+		} else {
+			w.h.mu.Unlock()
+		}
+	}
+	w.loops <- l
+	w.ran <- struct{}{}
+}
+
+// Later runs a handler on the loop after the one that called it returns,
+// in the same batch, on the loop; on a loop the caller detached, on a
+// goroutine of its own.
+func TestLater(t *testing.T) { forEachWait(t, testLater) }
+
+func testLater(t *testing.T, cfg Config) {
+	for _, detach := range []bool{false, true} {
+		t.Run(fmt.Sprintf("detach=%v", detach), func(t *testing.T) {
+			p, err := NewWith(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			a, b := socketpair(t)
+			h := &laterHandler{fd: b, detach: detach}
+			w := &laterWork{t: t, h: h, ran: make(chan struct{}, 1), loops: make(chan *Loop, 4)}
+			h.next = w
+			if _, err := p.Add(b, h); err != nil {
+				t.Fatal(err)
+			}
+			before := p.Detaches()
+			for i := 0; i < 3; i++ {
+				unix.Write(a, []byte("x"))
+				select {
+				case <-w.ran:
+				case <-time.After(5 * time.Second):
+					t.Fatal("the handler given to Later never ran")
+				}
+				l := <-w.loops
+				if l.Poller() != p {
+					t.Fatal("Later's handler got a loop of another poller")
+				}
+				if detach {
+					if !l.detached {
+						t.Fatal("Later on a detached loop passed a loop still attached")
+					}
+				} else if l.detached {
+					t.Fatal("Later's handler ran on a detached loop")
+				}
+			}
+			want := before
+			if detach {
+				want += 3
+			}
+			if got := p.Detaches(); got != want {
+				t.Fatalf("Detaches = %d, want %d", got, want)
+			}
+		})
+	}
+}

@@ -178,7 +178,7 @@ func (s *Session) maybeFinish() {
 // It runs once. A bare descriptor is closed once no pump may use it any
 // more (releaseFDs): a descriptor number closed under a pump could be
 // another connection's by the time the pump uses it. A pump still running
-// may be waiting to write: the descriptors are shut down to wake it.
+// may be waiting to write: finish wakes it.
 func (s *Session) finish() {
 	if !s.done.CompareAndSwap(false, true) {
 		return
@@ -205,15 +205,20 @@ func (s *Session) finish() {
 	s.client.retireIdle()
 	s.backend.retireIdle()
 	if s.fdUsers.Load() > 1 {
-		// finish still holds the descriptors, so they are open. A writer
-		// parked for room hears of it no more from the poller: it is
-		// woken after the shutdown, so that its next write fails.
+		// A pump still runs, and finish still holds the descriptors, so
+		// they are open. The pump stops at its next look at done (its
+		// reads never block, its writes fail once done is set); a writer
+		// parked for room hears no more from the poller and is woken, one
+		// waiting in ppoll (before Start) by shutting its socket down.
 		for _, x := range []*side{&s.client, &s.backend} {
-			if x.bare {
+			if !x.bare {
+				continue
+			}
+			if x.polling.Load() {
 				_ = unix.Shutdown(x.fd, unix.SHUT_RDWR)
-				if x.wwait.Load() {
-					x.roomReady()
-				}
+			}
+			if x.wwait.Load() {
+				x.roomReady()
 			}
 		}
 	}

@@ -49,10 +49,12 @@
 // the session closes a bare descriptor only when nobody can use it any
 // more: each pump counts itself out when it stops for good (pumpDead,
 // after the session is done), finish once it has retired the idle pumps
-// and, if a pump still runs, shut the descriptors down (shutdown(2)) and
-// woken a writer parked for room, whose next write fails; the last of the
-// three closes both descriptors (releaseFDs), once. The kernel drops
-// their epoll registrations then.
+// and, if a pump still runs, woken a writer parked for room (a writer in
+// ppoll by shutting the socket down), whose write then fails, as every
+// write does once the session is done; the last of the three closes both
+// descriptors (releaseFDs), once. The kernel drops their epoll
+// registrations then. A session's end thus costs two close(2) and no
+// shutdown(2) nor epoll_ctl.
 //
 // A pump is idle, running, running and asked to look again (wake is the
 // one transition from outside; only the pump itself goes back to idle),
@@ -73,8 +75,10 @@
 //	  msgBytes, msgOpen, drop,
 //	  eof, lim, loop, raw.rbuf       (x.raw: Conn sides only)
 //	x.raw.wbuf, werr, midFrame     x.peer's pump (x's writer)     x.peer's pump; midFrame also x's pump
-//	x's socket (read)              x's pump; shutdown by finish   -
+//	x's socket (read)              x's pump                       -
 //	x's socket (write, ppoll)      x.peer's pump; abort by finish -
+//	                                 (shutdown if x.polling)
+//	x.polling                      x.peer's pump                  finish
 //	x.wready, wtimer, wmod         x.peer's pump (x's writer)     x.peer's pump; wready also x's
 //	                                                              Ready and finish, once wwait
 //	x.wwait                        x.peer's pump                  x's Ready, finish

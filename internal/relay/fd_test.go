@@ -33,6 +33,7 @@ var rigTests = []struct {
 	{"Violations", TestRelayViolations},
 	{"PingBetweenFragments", TestRelayPingBetweenFragments},
 	{"BackPressure", TestRelayBackPressure},
+	{"RoomWakesWriter", TestRelayRoomWakesWriter},
 	{"CloseTimeout", TestRelayCloseTimeout},
 	{"FinishMidFrame", TestRelayFinishMidFrame},
 	{"AllocatesNothingPerFrame", TestRelayAllocatesNothingPerFrame},
@@ -109,7 +110,7 @@ func (h *holdViolation) Violation(from Side, reason string) {
 
 // A bare descriptor is closed once, and only after both pumps stopped:
 // a session finished while its client's pump is still at work keeps the
-// descriptors open (shut down) until that pump is done.
+// descriptors open until that pump is done.
 func TestRelayFDClosedOnceAfterPumps(t *testing.T) {
 	for _, sd := range []sides{fdSides, regSides, mixedSides} {
 		t.Run(sd.String(), func(t *testing.T) {
@@ -157,8 +158,8 @@ func TestRelayFDClosedOnceAfterPumps(t *testing.T) {
 }
 
 // Finishing a session wakes a pump blocked writing to a side that reads
-// nothing, with no write timeout to end the wait: a bare descriptor is
-// shut down, a net.Conn closed.
+// nothing, with no write timeout to end the wait: the writer parked on a
+// bare descriptor's poller is woken and fails, a net.Conn is closed.
 func TestRelayFinishWakesBlockedWriter(t *testing.T) {
 	for _, sd := range []sides{connSides, fdSides, regSides} {
 		t.Run(sd.String(), func(t *testing.T) {

@@ -119,6 +119,11 @@ func (x *side) write(b []byte) error {
 // the socket is full, the writing pump (x's peer's) leaves its loop and
 // waits for room (waitRoom), up to the write timeout for the rest of b.
 func (x *side) writeBare(b []byte) error {
+	if x.s.done.Load() {
+		// The session is finished: what a pump still has goes nowhere,
+		// as a write to a closed connection would.
+		return net.ErrClosed
+	}
 	var deadline int64 // monotonic ns; set at the first full socket
 	for len(b) > 0 {
 		n, err := rawWrite(x.fd, b)
@@ -161,6 +166,13 @@ func (x *side) writeBare(b []byte) error {
 // was set went unheard. Before Start, it waits in ppoll(2).
 func (x *side) waitRoom(deadline int64) error {
 	if !x.watched.Load() {
+		// finish shuts x down if it sees polling set; if it came first,
+		// done is set already.
+		x.polling.Store(true)
+		defer x.polling.Store(false)
+		if x.s.done.Load() {
+			return net.ErrClosed
+		}
 		return waitWritable(x.fd, deadline)
 	}
 	if !x.wwait.Load() {
@@ -176,6 +188,11 @@ func (x *side) waitRoom(deadline int64) error {
 			x.wmod = true
 		}
 		return nil // try again
+	}
+	// finish wakes a writer it sees waiting; one that set wwait after
+	// finish looked sees done here.
+	if x.s.done.Load() {
+		return net.ErrClosed
 	}
 	var expired <-chan time.Time
 	if deadline >= 0 {

@@ -52,7 +52,7 @@ type side struct {
 	// system calls and closed by releaseFDs.
 	bare bool
 	// rebind: reg came with the endpoint, and Start takes it over;
-	// writable: it reports room to write, which Start turns off.
+	// writable: it reports room to write already (wmod from the start).
 	rebind, writable bool
 	// look: Start must schedule a look at x, which no event would report
 	// (Init decides, before any pump runs).
@@ -68,6 +68,9 @@ type side struct {
 	wready chan struct{}
 	wtimer *time.Timer
 	wmod   bool
+	// polling: x's writer waits in ppoll(2), as it does before Start;
+	// finish shuts x down to wake it.
+	polling atomic.Bool
 
 	state atomic.Int32 // pump state
 	kind  Side

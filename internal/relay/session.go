@@ -74,7 +74,7 @@ type Session struct {
 	closedBy      atomic.Int32
 	regMu         sync.Mutex // guards the sides' reg between Start and finish
 	// fdUsers counts who may still use the bare descriptors: each pump
-	// until it stops for good, and finish until it has shut them down.
+	// until it stops for good, and finish until it has woken their waiters.
 	// The last one closes them (releaseFDs).
 	fdUsers atomic.Int32
 	timer   *time.Timer
@@ -106,13 +106,14 @@ type Endpoint struct {
 	FD int
 	// Reg, if set, is FD's registration on a poller (poller.AddFlags,
 	// Registration.Poller): Start rebinds it to the relay (Registration.Rebind,
-	// no epoll_ctl) instead of adding FD again; Modify it to drop Writable if set.
-	// Until Start, and for the batch of events Start runs in, its old
-	// handler must ignore the events it still gets.
+	// no epoll_ctl) instead of adding FD again. Until Start, and for the
+	// batch of events Start runs in, its old handler must ignore the events
+	// it still gets.
 	Reg poller.Registration
-	// Writable says Reg was added with poller.Writable, which Start then
-	// drops (Registration.Modify, one epoll_ctl): the relay waits for room
-	// in a full socket by itself.
+	// Writable says Reg was added with poller.Writable. The relay keeps it
+	// (no epoll_ctl): it is what the relay's writer would ask for at the
+	// first full socket, and edge-triggered it costs no event until a
+	// socket has been full.
 	Writable bool
 }
 
@@ -189,8 +190,9 @@ func (x *side) bind(ep Endpoint) error {
 		x.fd, x.bare = ep.FD, true
 		if ep.Reg.Poller() != nil {
 			x.reg, x.rebind, x.writable = ep.Reg, true, ep.Writable
+			x.wmod = ep.Writable // it reports room already (see waitRoom)
 		}
-		x.look = len(x.early) > 0 || x.rebind && !x.writable
+		x.look = len(x.early) > 0 || x.rebind
 		return nil
 	}
 	if ep.Reg.Poller() != nil {
@@ -228,7 +230,15 @@ func (x *side) bind(ep Endpoint) error {
 // poller, and p may be nil if both have one), relays what arrived with the
 // handshakes and starts the session's timer. If it fails, the caller ends
 // the session with Finish.
-func (s *Session) Start(p *poller.Poller) error {
+func (s *Session) Start(p *poller.Poller) error { return s.start(p, nil) }
+
+// StartOn is Start for a caller in a handler on l: the sides' first looks
+// run on l once that handler returns (poller.Loop.Later), not on
+// goroutines of their own, and sides without a registration are added to
+// l's poller.
+func (s *Session) StartOn(l *poller.Loop) error { return s.start(l.Poller(), l) }
+
+func (s *Session) start(p *poller.Poller, l *poller.Loop) error {
 	now := monoNow()
 	s.lastData.Store(now)
 	// The client side may fire, and even finish the session, before the
@@ -251,8 +261,6 @@ func (s *Session) Start(p *poller.Poller) error {
 			x.reg, err = p.Add(x.fd, x)
 		case !x.reg.Rebind(x):
 			err = errRegRemoved
-		case x.writable:
-			err = x.reg.Modify(0)
 		}
 		if err == nil {
 			x.watched.Store(true)
@@ -274,7 +282,11 @@ func (s *Session) Start(p *poller.Poller) error {
 	// event will report: bytes read with its handshake, records crypto/tls
 	// read ahead, or data whose edge went to a registration's old handler.
 	for _, x := range []*side{&s.client, &s.backend} {
-		if x.look {
+		switch {
+		case !x.look:
+		case l != nil:
+			l.Later(x)
+		default:
 			x.schedule()
 		}
 	}
@@ -293,8 +305,8 @@ func (s *Session) Close(clientCode, backendCode int, reason string) {
 }
 
 // Finish ends the session at once: both sockets are closed (a bare
-// descriptor a pump still uses is shut down, and closed when the pump
-// stops), and Ended runs unless it ran already.
+// descriptor a pump still uses is closed when the pump stops, which it
+// does at its next read or write), and Ended runs unless it ran already.
 func (s *Session) Finish() { s.finish() }
 
 // Done reports whether the session has finished.

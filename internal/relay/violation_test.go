@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"runtime"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -201,5 +203,60 @@ func TestRelayFinishMidFrame(t *testing.T) {
 	}
 	if r.s.CloseCode() != 1006 {
 		t.Fatalf("close code %d, want 1006", r.s.CloseCode())
+	}
+}
+
+// A writer held up by a full socket goes on as soon as the peer reads
+// again: the side's poller reports the room (over bare descriptors, the
+// registration a non-blocking connect left reporting it, which the relay
+// keeps), long before the write timeout would end the wait.
+func TestRelayRoomWakesWriter(t *testing.T) {
+	for _, slow := range []Side{Backend, Client} {
+		t.Run("slow "+slow.String(), func(t *testing.T) {
+			r := newRig(t, &Limits{MaxMessageBytes: 32 << 20, WriteTimeout: 20 * time.Second}, rigOpts{})
+			sender, reader := r.client, r.backend
+			if slow == Client {
+				sender, reader = r.backend, r.client
+			}
+			// A window small enough that the relay's socket fills, large
+			// enough that reading it again is quick.
+			_ = reader.tcp.SetReadBuffer(64 << 10)
+			payload := make([]byte, 16<<20) // more than the kernel buffers between them
+			for i := range payload {
+				payload[i] = byte(i * 7)
+			}
+			sent := make(chan error, 1)
+			go func() {
+				_ = sender.conn.SetWriteDeadline(time.Now().Add(15 * time.Second))
+				_, err := sender.conn.Write(sender.frame(true, wsframe.OpBinary, payload))
+				sent <- err
+			}()
+			buf := make([]byte, 1<<20)
+			waitFor(t, "the relay's writer held up by the full socket", func() bool {
+				// waitRoom for a bare descriptor, the runtime's poller
+				// for a net.Conn or TLS over a Socket.
+				st := string(buf[:runtime.Stack(buf, true)])
+				return strings.Contains(st, "relay.(*side).waitRoom") || strings.Contains(st, "internal/poll.(*pollDesc).waitWrite")
+			})
+			start := time.Now()
+			f, err := reader.next()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Fatalf("the message took %v once read again: the write timeout woke the writer, not the room", took)
+			}
+			if f.op != wsframe.OpBinary || !bytes.Equal(f.payload, payload) {
+				t.Fatalf("got opcode %d with %d bytes, want the 16 MiB message whole", f.op, len(f.payload))
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			sender.send(sender.closeFrame(1000, ""))
+			reader.expectClose()
+			reader.send(reader.closeFrame(1000, ""))
+			sender.expectClose()
+			r.waitEnded()
+		})
 	}
 }
