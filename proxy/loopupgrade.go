@@ -231,7 +231,7 @@ func (u *loopUpgrade) Ready(l *poller.Loop) {
 	}
 	s := c.a.l.s
 	if !u.dialed {
-		errno, err := unix.GetsockoptInt(u.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		errno, err := soError(u.fd)
 		if err == nil && errno == 0 {
 			u.dialed = true
 		} else {
@@ -252,14 +252,14 @@ func (u *loopUpgrade) Ready(l *poller.Loop) {
 	}
 	req := *u.req
 	for u.sent < len(req) {
-		n, err := syscall.Write(u.fd, req[u.sent:])
+		n, err := sysWrite(u.fd, req[u.sent:])
 		if err == syscall.EAGAIN {
 			return
 		}
 		if err == syscall.EINTR {
 			continue
 		}
-		if err != nil {
+		if err != 0 {
 			u.failed(err)
 			return
 		}
@@ -280,19 +280,22 @@ func (u *loopUpgrade) Ready(l *poller.Loop) {
 			copy(nb, buf)
 			buf = nb
 		}
-		n, err := syscall.Read(u.fd, buf[len(buf):cap(buf)])
-		if err == syscall.EAGAIN {
+		n, errno := sysRead(u.fd, buf[len(buf):cap(buf)])
+		if errno == syscall.EAGAIN {
 			*u.ans = buf
 			return
 		}
-		if err == syscall.EINTR {
+		if errno == syscall.EINTR {
 			continue
 		}
-		if err == nil && n == 0 {
+		var err error
+		switch {
+		case errno != 0:
+			err = errno
+		case n == 0 && len(buf) == 0:
+			err = io.ErrUnexpectedEOF
+		case n == 0:
 			err = io.EOF
-			if len(buf) == 0 {
-				err = io.ErrUnexpectedEOF
-			}
 		}
 		if err != nil {
 			*u.ans = buf
@@ -365,9 +368,10 @@ func (u *loopUpgrade) answered(a *backendAnswer, l *poller.Loop) {
 	defer c.a.l.served.Done()
 	s.conns.release() // as a hijack gives its slot back
 	// The client's socket is empty: it takes the 101 whole at once.
-	if n, err := syscall.Write(client.FD, a.head); err != nil || n != len(a.head) {
-		if err == nil {
-			err = io.ErrShortWrite
+	if n, errno := sysWrite(client.FD, a.head); errno != 0 || n != len(a.head) {
+		var err error = io.ErrShortWrite
+		if errno != 0 {
+			err = errno
 		}
 		s.log.Debug("session setup failed", zap.String("client", hi.peer), zap.Error(err))
 		client.Reg.Remove()
@@ -503,6 +507,42 @@ func abandonFD(fd int) {
 	}
 }
 
+// The loops' system calls on non-blocking sockets (connect, the upgrade
+// request and the answer, the 101) are raw: they never wait, and telling
+// the scheduler of each costs two transitions and, for one that outlasts
+// its monitor's 20 µs tick (a loopback connect or write does the peer's
+// TCP work too), a P handed to another thread and a wake-up.
+
+// sysRead is read(2) on a non-blocking socket.
+func sysRead(fd int, b []byte) (int, syscall.Errno) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), 0
+}
+
+// sysWrite is write(2) on a non-blocking socket.
+func sysWrite(fd int, b []byte) (int, syscall.Errno) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), 0
+}
+
+// soError is getsockopt(SO_ERROR): how a non-blocking connect ended.
+func soError(fd int) (int, error) {
+	var v int32
+	l := uint32(4)
+	_, _, e := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_ERROR,
+		uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(v), nil
+}
+
 // rawConnect starts a connect to ap without allocating.
 func rawConnect(fd int, ap netip.AddrPort) syscall.Errno {
 	var e syscall.Errno
@@ -511,12 +551,12 @@ func rawConnect(fd int, ap netip.AddrPort) syscall.Errno {
 		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ap.Addr().As4()}
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 		p[0], p[1] = byte(port>>8), byte(port)
-		_, _, e = unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
 	} else {
 		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ap.Addr().As16()}
 		p := (*[2]byte)(unsafe.Pointer(&sa.Port))
 		p[0], p[1] = byte(port>>8), byte(port)
-		_, _, e = unix.Syscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+		_, _, e = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
 	}
 	return e
 }

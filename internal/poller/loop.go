@@ -163,7 +163,7 @@ func (p *Poller) waitParked(l *Loop) (int, error) {
 // takes the events without blocking and reports whether there were any.
 func (l *Loop) takeEvents(fd uintptr) bool {
 	for {
-		l.n, l.werr = unix.EpollWait(int(fd), l.events, 0)
+		l.n, l.werr = epollPoll(int(fd), l.events)
 		if l.werr != unix.EINTR {
 			break
 		}

@@ -238,7 +238,7 @@ func (s *Session) finish() {
 // earlier test may still be on their way out.
 var closeFn atomic.Value
 
-func init() { closeFn.Store(unix.Close) }
+func init() { closeFn.Store(rawClose) }
 
 // closeFD closes a bare descriptor.
 func closeFD(fd int) error { return closeFn.Load().(func(int) error)(fd) }

@@ -36,6 +36,17 @@ func rawWrite(fd int, b []byte) (int, error) {
 	return int(n), nil
 }
 
+// rawClose is close(2) as a raw system call: closing a socket never waits
+// (the relay sets no lingering timeout, only SO_LINGER 0), but sending the
+// FIN and freeing its buffers takes long enough for the scheduler's
+// monitor to hand the P of a thread in a system call to another thread.
+func rawClose(fd int) error {
+	if _, _, errno := unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 // rawCalls are one socket's read and write calls for syscall.RawConn, with
 // their arguments and results kept beside them: the functions are bound
 // once, so a call allocates no closure.
