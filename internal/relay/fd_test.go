@@ -34,6 +34,7 @@ var rigTests = []struct {
 	{"PingBetweenFragments", TestRelayPingBetweenFragments},
 	{"BackPressure", TestRelayBackPressure},
 	{"RoomWakesWriter", TestRelayRoomWakesWriter},
+	{"WriteAfterWaitedWrite", TestRelayWriteAfterWaitedWrite},
 	{"CloseTimeout", TestRelayCloseTimeout},
 	{"FinishMidFrame", TestRelayFinishMidFrame},
 	{"AllocatesNothingPerFrame", TestRelayAllocatesNothingPerFrame},

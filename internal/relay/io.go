@@ -84,11 +84,8 @@ func (x *side) write(b []byte) error {
 	}
 	if x.tls != nil {
 		// A TLS record must go out whole: the Socket writes what it can
-		// at once and detaches the writing pump (x.peer's) before it
-		// waits for the rest.
-		if err := x.setWriteDeadline(); err != nil {
-			return err
-		}
+		// at once and, before it waits for the rest, detaches the writing
+		// pump (x.peer's) and sets the write timeout (Socket.Write).
 		_, err := x.tls.Write(b)
 		return err
 	}
@@ -112,6 +109,11 @@ func (x *side) write(b []byte) error {
 		return err
 	}
 	_, err := x.conn.Write(b)
+	if err == nil && x.s.limits.WriteTimeout > 0 {
+		// The deadline was this wait's: left in place, it would fail
+		// the first write after it passed, however quick.
+		err = x.conn.SetWriteDeadline(time.Time{})
+	}
 	return err
 }
 

@@ -206,7 +206,7 @@ func (x *side) bind(ep Endpoint) error {
 			return ErrNotSocket
 		}
 		x.tls, x.sock = tc, sock
-		sock.beforeBlock = x.peer.detach
+		sock.beforeBlock, sock.writeTimeout = x.peer.detach, x.s.limits.WriteTimeout
 		sock.nonblock.Store(true)
 		sc = sock.TCPConn
 	} else if c, ok := x.conn.(syscall.Conn); ok {

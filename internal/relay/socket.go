@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,9 +30,10 @@ type Socket struct {
 	rc       syscall.RawConn
 	nonblock atomic.Bool
 	// beforeBlock, set before the relay starts, is called by Write before
-	// it waits for the socket to take more.
-	beforeBlock func()
-	raw         rawCalls
+	// it waits for the socket to take more; writeTimeout bounds that wait.
+	beforeBlock  func()
+	writeTimeout time.Duration
+	raw          rawCalls
 }
 
 // NewSocket wraps c.
@@ -80,7 +82,9 @@ func (s *Socket) Read(b []byte) (int, error) {
 }
 
 // Write writes b in full. In non-blocking mode it writes what the socket
-// takes at once and calls beforeBlock before it waits for the rest.
+// takes at once and, before it waits for the rest, calls beforeBlock and
+// sets a write deadline writeTimeout away (if set), which it clears once
+// the rest is out: a write that needs no wait costs no deadline.
 func (s *Socket) Write(b []byte) (int, error) {
 	if !s.nonblock.Load() || s.beforeBlock == nil {
 		return s.TCPConn.Write(b)
@@ -99,6 +103,14 @@ func (s *Socket) Write(b []byte) (int, error) {
 		return n, nil
 	}
 	s.beforeBlock()
+	if s.writeTimeout > 0 {
+		if err := s.TCPConn.SetWriteDeadline(time.Now().Add(s.writeTimeout)); err != nil {
+			return n, err
+		}
+	}
 	m, err := s.TCPConn.Write(rest)
+	if err == nil && s.writeTimeout > 0 {
+		err = s.TCPConn.SetWriteDeadline(time.Time{})
+	}
 	return n + m, err
 }

@@ -260,3 +260,43 @@ func TestRelayRoomWakesWriter(t *testing.T) {
 		})
 	}
 }
+
+// A write that waited for room, and got it in time, leaves no deadline
+// behind: the session goes on relaying long after the write timeout of
+// that wait would have passed.
+func TestRelayWriteAfterWaitedWrite(t *testing.T) {
+	for _, slow := range []Side{Backend, Client} {
+		t.Run("slow "+slow.String(), func(t *testing.T) {
+			const wt = 500 * time.Millisecond
+			r := newRig(t, &Limits{MaxMessageBytes: 32 << 20, WriteTimeout: wt}, rigOpts{})
+			sender, reader := r.client, r.backend
+			if slow == Client {
+				sender, reader = r.backend, r.client
+			}
+			_ = reader.tcp.SetReadBuffer(64 << 10)
+			payload := make([]byte, 16<<20)
+			go func() {
+				_ = sender.conn.SetWriteDeadline(time.Now().Add(15 * time.Second))
+				_, _ = sender.conn.Write(sender.frame(true, wsframe.OpBinary, payload))
+			}()
+			buf := make([]byte, 1<<20)
+			waitFor(t, "the relay's writer held up by the full socket", func() bool {
+				st := string(buf[:runtime.Stack(buf, true)])
+				return strings.Contains(st, "relay.(*side).waitRoom") || strings.Contains(st, "internal/poll.(*pollDesc).waitWrite")
+			})
+			if f, err := reader.next(); err != nil || len(f.payload) != len(payload) {
+				t.Fatalf("the big message: %d bytes, %v", len(f.payload), err)
+			}
+			time.Sleep(wt + 300*time.Millisecond)
+			for i := 0; i < 3; i++ {
+				sender.send(sender.frame(true, wsframe.OpText, []byte("after")))
+				reader.expect(wsframe.OpText, "after")
+				reader.send(reader.frame(true, wsframe.OpText, []byte("back")))
+				sender.expect(wsframe.OpText, "back")
+			}
+			if r.hooks.has("timeout 2") {
+				t.Fatalf("a write timeout was reported: %v", r.hooks.list())
+			}
+		})
+	}
+}
