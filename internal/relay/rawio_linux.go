@@ -6,9 +6,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// rawRead and rawWrite are read(2) and write(2) on a non-blocking socket
+// rawRead and rawWrite are recv(2) and send(2) on a non-blocking socket
 // without telling the Go scheduler: such a call never waits, so there is no
-// point in handing the P to another thread while it runs. Going through
+// point in handing the P to another thread while it runs. recvfrom and
+// sendto go to the socket directly, where read and write pass through the
+// file layer first; MSG_NOSIGNAL spares a write to a reset peer the
+// SIGPIPE that the runtime would only ignore. Going through
 // the scheduler costs two transitions per call and, when a loopback write
 // takes longer than the runtime's 20 µs monitor tick, a P hand-off and a
 // thread wake-up. The relay's sides and Socket share them.
@@ -17,7 +20,7 @@ func rawRead(fd int, b []byte) (int, error) {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
-	n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(p), uintptr(len(b)))
+	n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(p), uintptr(len(b)), 0, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
@@ -29,7 +32,7 @@ func rawWrite(fd int, b []byte) (int, error) {
 	if len(b) > 0 {
 		p = unsafe.Pointer(&b[0])
 	}
-	n, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(p), uintptr(len(b)))
+	n, _, errno := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(p), uintptr(len(b)), unix.MSG_NOSIGNAL, 0, 0)
 	if errno != 0 {
 		return 0, errno
 	}
