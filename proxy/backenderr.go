@@ -79,7 +79,9 @@ func classify(err error, x exchange) verdict {
 		return verdict{kind: failClient, status: fasthttp.StatusBadRequest, reason: "request body not received whole"}
 	case isLocalResource(err):
 		return verdict{kind: failLocal, status: fasthttp.StatusServiceUnavailable, reason: "proxy out of resources to reach the backend", retryAfter: 1}
-	case !x.dialed && isTimeout(err):
+	case !x.dialed && (isTimeout(err) || errors.Is(err, context.Canceled)):
+		// Canceled: the server's context, at shutdown, ended the dial
+		// as it ends the loops' (abortUpgrades): as a timeout.
 		return verdict{kind: failTimeout, status: fasthttp.StatusGatewayTimeout, reason: "backend did not accept the connection in time", retryAfter: 1, blame: true}
 	case !x.dialed:
 		return verdict{kind: failUnreachable, status: fasthttp.StatusBadGateway, reason: "backend unreachable", retryAfter: 1, blame: true}
