@@ -276,11 +276,13 @@ func (s *Session) start(p *poller.Poller, l *poller.Loop) error {
 	}
 	s.regMu.Unlock()
 	s.timer.Reset(s.nextTick(now))
-	// Data that arrived before a socket was added (or its registration
-	// modified) is reported by the kernel at once, and the pump then runs
-	// on the poller's loop. A side needs a look of its own for what no
-	// event will report: bytes read with its handshake, records crypto/tls
-	// read ahead, or data whose edge went to a registration's old handler.
+	// Data that arrived before a socket was added is reported by the
+	// kernel at once, and the pump then runs on the poller's loop. A side
+	// needs a look of its own for what no event will report: bytes read
+	// with its handshake, records crypto/tls read ahead, or data whose
+	// edge went to a registration's old handler (every rebound side: no
+	// epoll_ctl re-arms it). On a loop (StartOn) the look costs one read
+	// there, not a goroutine.
 	for _, x := range []*side{&s.client, &s.backend} {
 		switch {
 		case !x.look:
