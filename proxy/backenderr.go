@@ -27,7 +27,8 @@ import (
 // connect refused or timed out, a reset or EOF before any answer byte on a
 // connection opened for the request, a TLS handshake that failed, and for
 // an upgrade no 101 within handshake_timeout. Not counted: the proxy's own
-// resources, a client that went away, a connection reused from the pool
+// resources, its shutdown ending a handshake in flight (504, counted as
+// shutting_down), a client that went away, a connection reused from the pool
 // (the backend may have closed it while idle), a plain request the backend
 // holds longer than read_timeout (a long-poll is an application's choice),
 // and answers that are not HTTP.
@@ -41,6 +42,7 @@ const (
 	failLocal                       // 503: the proxy's own resources
 	failProtocol                    // 502: an answer that is not HTTP
 	failClient                      // the client went away mid-request
+	failShutdown                    // 504: the proxy's shutdown ended it
 )
 
 // verdict is what the proxy does about a failed exchange.
@@ -67,6 +69,9 @@ type exchange struct {
 	client error
 	// heard: the backend sent at least one byte of its answer.
 	heard bool
+	// aborted: the proxy's shutdown ended the exchange, whatever the
+	// error it left.
+	aborted bool
 }
 
 var errProtocol = errors.New("proxy: backend answer is not HTTP")
@@ -79,9 +84,10 @@ func classify(err error, x exchange) verdict {
 		return verdict{kind: failClient, status: fasthttp.StatusBadRequest, reason: "request body not received whole"}
 	case isLocalResource(err):
 		return verdict{kind: failLocal, status: fasthttp.StatusServiceUnavailable, reason: "proxy out of resources to reach the backend", retryAfter: 1}
-	case !x.dialed && (isTimeout(err) || errors.Is(err, context.Canceled)):
-		// Canceled: the server's context, at shutdown, ended the dial
-		// as it ends the loops' (abortUpgrades): as a timeout.
+	case x.aborted || errors.Is(err, context.Canceled):
+		// Canceled: the server's context, at shutdown, ended the dial.
+		return verdict{kind: failShutdown, status: fasthttp.StatusGatewayTimeout, reason: "proxy shut down before the backend answered", retryAfter: 1}
+	case !x.dialed && isTimeout(err):
 		return verdict{kind: failTimeout, status: fasthttp.StatusGatewayTimeout, reason: "backend did not accept the connection in time", retryAfter: 1, blame: true}
 	case !x.dialed:
 		return verdict{kind: failUnreachable, status: fasthttp.StatusBadGateway, reason: "backend unreachable", retryAfter: 1, blame: true}
@@ -130,6 +136,12 @@ func isDialError(err error) bool {
 func (s *Server) backendFailed(pool string, b *balancer.Backend, err error, v verdict, msg string) {
 	if v.blame && s.health != nil {
 		s.health.ReportFailure(pool, b.Addr, err)
+	}
+	if v.kind == failShutdown {
+		if ce := s.log.Check(zap.DebugLevel, "backend exchange ended by shutdown"); ce != nil {
+			ce.Write(zap.String("pool", pool), zap.String("backend", b.Addr), zap.Error(err))
+		}
+		return
 	}
 	if v.kind == failClient {
 		if ce := s.log.Check(zap.DebugLevel, "client aborted its request"); ce != nil {

@@ -85,6 +85,7 @@ type loopUpgrade struct {
 	fd       int // the backend socket; -1 for none
 	reg      poller.Registration
 	dialed   bool
+	aborted  bool    // the server's shutdown ended the exchange
 	req      *[]byte // the upgrade request (reqPool)
 	sent     int
 	ans      *[]byte // the answer read so far (headPool)
@@ -406,7 +407,7 @@ func (u *loopUpgrade) unlist() {
 }
 
 // abortUpgrades ends the upgrades the loops carry out as the server's
-// context ends them on the goroutine engine: as timed out.
+// context ends them on the goroutine engine: 504, not the backend's fault.
 func (l *loopListener) abortUpgrades() {
 	for _, a := range l.acc {
 		for {
@@ -419,6 +420,7 @@ func (l *loopListener) abortUpgrades() {
 			c.mu.Lock()
 			if u := c.up; u != nil && !c.handed {
 				u.deadline = time.Time{}
+				u.aborted = true
 				u.expired()
 			} else {
 				a.mu.Lock()
@@ -439,7 +441,7 @@ func (u *loopUpgrade) expired() {
 	}
 	s := u.c.a.l.s
 	var err error = os.ErrDeadlineExceeded
-	x := exchange{dialed: u.dialed, upgrade: true}
+	x := exchange{dialed: u.dialed, upgrade: true, aborted: u.aborted}
 	if !u.dialed {
 		err = &dialError{&net.OpError{Op: "dial", Net: "tcp", Err: os.ErrDeadlineExceeded}}
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/valyala/fasthttp"
+	"go.uber.org/zap"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
@@ -352,4 +353,71 @@ func TestLoopUpgradeShutdownMidHandshake(t *testing.T) {
 		})
 	}
 	sameOnBoth(t, answers)
+}
+
+// A handshake that Shutdown cuts short is the proxy's doing: it is
+// answered as before (TestLoopUpgradeShutdownMidHandshake) but does not
+// count against the backend, on either engine, even at passive_failures 1.
+func TestShutdownMidHandshakeBlamesNoBackend(t *testing.T) {
+	for _, engine := range engines {
+		t.Run(engine, func(t *testing.T) {
+			if engineOverride != "" && engineOverride != engine {
+				t.Skip("engine set by WSPROXY_ENGINE")
+			}
+			addr, accepted := silentBackend(t)
+			yaml := "engine: " + engine + "\n" + strings.Replace(
+				strings.Replace(passiveConfig, "passive_failures: 2", "passive_failures: 1", 1),
+				"handshake_timeout: 2s", "handshake_timeout: 20s", 1)
+			hp := startHealthProxy(t, fmt.Sprintf(yaml, "2s", "0s"), addr)
+			waitFor(t, "the listener served", func() bool {
+				hp.srv.mu.Lock()
+				defer hp.srv.mu.Unlock()
+				for ln := range hp.srv.listeners {
+					_, loops := ln.(*loopListener)
+					return loops == (engine == "loops")
+				}
+				return false
+			})
+			got := make(chan string, 1)
+			go func() {
+				conn, err := net.Dial("tcp", hp.ln.Addr().String())
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				defer conn.Close()
+				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+				_, _ = conn.Write([]byte(rawHandshake("proxy", "/")))
+				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+				if err != nil {
+					got <- err.Error()
+					return
+				}
+				got <- resp.Status
+			}()
+			select {
+			case <-accepted:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the backend saw no connection")
+			}
+			ctx, cancel := contextWithTimeout(200 * time.Millisecond)
+			defer cancel()
+			_ = hp.srv.Shutdown(ctx)
+			if a := <-got; !strings.HasPrefix(a, "504") {
+				t.Fatalf("answer %q, want 504", a)
+			}
+			if !hp.up(t, addr) {
+				t.Fatal("passive health took the backend out for a handshake the proxy's shutdown ended")
+			}
+			for _, e := range hp.logs.FilterField(zap.Bool("counted_against_backend", true)).All() {
+				t.Errorf("logged as the backend's failure: %s %v", e.Message, e.ContextMap())
+			}
+			if n := hp.srv.stats.HandshakeShuttingDown.Load(); n != 1 {
+				t.Errorf("%d handshakes counted as shutting_down, want 1", n)
+			}
+			if n := hp.srv.stats.HandshakeBackendTimeout.Load(); n != 0 {
+				t.Errorf("%d handshakes counted as backend_timeout, want 0", n)
+			}
+		})
+	}
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -149,7 +150,7 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request 
 		tried = append(tried, b)
 		conn, answer, err := handshakeBackend(hsCtx, b.Addr, rt.pool.tls[b.Addr], request)
 		if err != nil {
-			last = classify(err, exchange{dialed: !isDialError(err), upgrade: true})
+			last = classify(err, exchange{dialed: !isDialError(err), upgrade: true, aborted: errors.Is(hsCtx.Err(), context.Canceled)})
 			s.backendFailed(rt.pool.name, b, err, last, "backend handshake failed")
 			if isDialError(err) && last.kind != failLocal && hsCtx.Err() == nil {
 				continue // nothing reached the backend: try the next one
@@ -173,6 +174,8 @@ func (s *Server) upgrade(ctx *fasthttp.RequestCtx, rt *route, c choice, request 
 	case len(tried) == 0:
 		s.stats.HandshakeNoBackend.Add(1)
 		last = noBackend
+	case last.kind == failShutdown:
+		s.stats.HandshakeShuttingDown.Add(1)
 	case last.kind == failTimeout:
 		s.stats.HandshakeBackendTimeout.Add(1)
 	case last.kind == failLocal:
