@@ -122,16 +122,22 @@ func startEngine(t *testing.T, engine string, backends ...string) *testProxy {
 		t.Skipf("WSPROXY_ENGINE=%s", engineOverride)
 	}
 	p := startProxy(t, loopConfig(engine), backends...)
+	waitEngineServed(t, p.srv, engine)
+	return p
+}
+
+// waitEngineServed waits until srv serves its listener the way engine says.
+func waitEngineServed(t *testing.T, srv *Server, engine string) {
+	t.Helper()
 	waitFor(t, "the listener served", func() bool {
-		p.srv.mu.Lock()
-		defer p.srv.mu.Unlock()
-		for ln := range p.srv.listeners {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		for ln := range srv.listeners {
 			_, loops := ln.(*loopListener)
 			return loops == (engine == "loops")
 		}
 		return false
 	})
-	return p
 }
 
 // loopExchange sends the pieces, each a write of its own, and returns what

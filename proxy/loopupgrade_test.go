@@ -313,23 +313,7 @@ func TestLoopUpgradeShutdownMidHandshake(t *testing.T) {
 		t.Run(engine, func(t *testing.T) {
 			addr, accepted := silentBackend(t)
 			p := startProxy(t, "engine: "+engine+"\n"+strings.Replace(fmt.Sprintf(loopUpConfig, fmt.Sprintf("{address: %q}", addr)), "300ms", "20s", 1))
-			got := make(chan string, 1)
-			go func() {
-				conn, err := net.Dial("tcp", p.ln.Addr().String())
-				if err != nil {
-					got <- err.Error()
-					return
-				}
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = conn.Write([]byte(rawHandshake("proxy", "/")))
-				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-				if err != nil {
-					got <- err.Error()
-					return
-				}
-				got <- resp.Status
-			}()
+			got := upgradeStatus(p.ln.Addr().String())
 			select {
 			case <-accepted:
 			case <-time.After(10 * time.Second):
@@ -369,32 +353,8 @@ func TestShutdownMidHandshakeBlamesNoBackend(t *testing.T) {
 				strings.Replace(passiveConfig, "passive_failures: 2", "passive_failures: 1", 1),
 				"handshake_timeout: 2s", "handshake_timeout: 20s", 1)
 			hp := startHealthProxy(t, fmt.Sprintf(yaml, "2s", "0s"), addr)
-			waitFor(t, "the listener served", func() bool {
-				hp.srv.mu.Lock()
-				defer hp.srv.mu.Unlock()
-				for ln := range hp.srv.listeners {
-					_, loops := ln.(*loopListener)
-					return loops == (engine == "loops")
-				}
-				return false
-			})
-			got := make(chan string, 1)
-			go func() {
-				conn, err := net.Dial("tcp", hp.ln.Addr().String())
-				if err != nil {
-					got <- err.Error()
-					return
-				}
-				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-				_, _ = conn.Write([]byte(rawHandshake("proxy", "/")))
-				resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-				if err != nil {
-					got <- err.Error()
-					return
-				}
-				got <- resp.Status
-			}()
+			waitEngineServed(t, hp.srv, engine)
+			got := upgradeStatus(hp.ln.Addr().String())
 			select {
 			case <-accepted:
 			case <-time.After(10 * time.Second):
@@ -420,4 +380,27 @@ func TestShutdownMidHandshakeBlamesNoBackend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// upgradeStatus sends a handshake to addr and delivers the status line of
+// the answer, or the error that ended the wait for it.
+func upgradeStatus(addr string) <-chan string {
+	got := make(chan string, 1)
+	go func() {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = conn.Write([]byte(rawHandshake("proxy", "/")))
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- resp.Status
+	}()
+	return got
 }
